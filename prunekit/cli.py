@@ -1,0 +1,246 @@
+"""The `prunekit` command: run | info (and the subcommands registered by other modules).
+
+Exit codes: 0 success, 2 bad input (a clear message names the value and the fix),
+1 an unexpected failure (with traceback), 130 interrupted (the run can be resumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.registry import Registry
+
+#: subcommand name -> (add_arguments(parser), handler(args) -> exit code)
+COMMANDS: Registry[tuple[Callable, Callable]] = Registry("command")
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+#: Shortcut flags and the recipe key each one sets ("*prune*" = every prune stage).
+FLAG_KEYS: dict[str, str] = {
+    "model": "model.name",
+    "dataset": "data.name",
+    "data_dir": "data.data_dir",
+    "download": "data.download",
+    "batch_size": "data.batch_size",
+    "seed": "seed",
+    "device": "device",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "optimizer": "train.optimizer",
+    "output_dir": "output_dir",
+    "name": "name",
+    "baseline": "baseline",
+    "method": "*prune*.criterion",
+    "sparsity": "*prune*.sparsity",
+    "allocation": "*prune*.allocation",
+    "structure": "*prune*.structure",
+    "iterations": "*prune*.iterations",
+}
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped with prunekit (usable in place of a path)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_data(source: str | None) -> dict[str, Any]:
+    """The raw recipe dict from a path, a bundled recipe name, or the default (None)."""
+    import yaml
+
+    from prunekit.errors import did_you_mean
+
+    if source is None:
+        return {}
+    path = Path(source)
+    if not path.exists() and (RECIPE_DIR / f"{source}.yaml").exists():
+        path = RECIPE_DIR / f"{source}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"recipe '{source}' is neither a file nor a bundled recipe."
+                          f"{did_you_mean(source, bundled_recipes())} Bundled: {', '.join(bundled_recipes())}.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe '{path}' is not valid YAML (plain data only, no tags): {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(data).__name__}.")
+    return data
+
+
+def _set_in_prune_stages(stages: list, key: str, value: Any) -> int:
+    count = 0
+    for i, stage in enumerate(stages):
+        if isinstance(stage, str):
+            stage = stages[i] = {stage: {}}
+        (kind, settings), = stage.items()
+        if settings is None:
+            settings = stage[kind] = {}
+        if kind == "prune":
+            settings[key] = value
+            count += 1
+        elif kind == "repeat":
+            count += _set_in_prune_stages(settings.setdefault("stages", []), key, value)
+    return count
+
+
+def apply_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Write every shortcut flag the user gave into the recipe dict at its key."""
+    from prunekit.recipe import Recipe
+
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if key.startswith("*prune*."):
+            stages = data.setdefault("stages", Recipe.model_fields["stages"].default_factory())
+            if _set_in_prune_stages(stages, key.split(".", 1)[1], value) == 0:
+                raise ConfigError(f"--{flag.replace('_', '-')} was given but the recipe has no prune stage.")
+        else:
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return data
+
+
+def build_recipe(args: argparse.Namespace):
+    """Recipe from RECIPE (or the default), shortcut flags, then --set overrides."""
+    from prunekit.recipe import apply_overrides, recipe_from_dict
+
+    data = apply_flags(recipe_data(args.recipe), args)
+    return recipe_from_dict(apply_overrides(data, args.set or []))
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", help="recipe YAML path or bundled recipe name "
+                   f"({', '.join(bundled_recipes()) or 'none'}); default: LeNet-5, magnitude at init, 90%% sparsity")
+    g = p.add_argument_group("shortcuts (each sets one recipe key)")
+    for flag, key in FLAG_KEYS.items():
+        kw: dict[str, Any] = {"default": None, "help": f"sets {key.replace('*prune*', 'every prune stage')}"}
+        if flag in ("download", "baseline"):
+            kw["action"] = argparse.BooleanOptionalAction  # --baseline/--no-baseline: never type=bool
+        elif flag in ("epochs", "batch_size", "seed", "iterations"):
+            kw["type"] = int
+        elif flag in ("lr", "sparsity"):
+            kw["type"] = float
+        g.add_argument(f"--{flag.replace('_', '-')}", **kw)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any recipe key, e.g. --set train.epochs=3 --set stages.0.prune.sparsity=0.95")
+    p.add_argument("--run-dir", help="where results go (default: OUTPUT_DIR/NAME-TIMESTAMP)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a recipe and print the pruned-vs-dense table."""
+    from prunekit.pipeline import run_recipe
+    from prunekit.recipe import load_recipe, recipe_to_yaml
+    from prunekit.report_table import print_summary
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "recipe.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: no recipe.yaml there; give the run directory of an earlier run.")
+        recipe = load_recipe(run_dir / "recipe.yaml")
+    else:
+        recipe = build_recipe(args)
+        run_dir = Path(args.run_dir) if args.run_dir else Path(recipe.output_dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.dry_run:
+        print(recipe_to_yaml(recipe))
+        return 0
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    print(f"prunekit run -> {run_dir}", flush=True)
+    results = run_recipe(recipe, run_dir, resume=bool(args.resume), progress=not args.quiet, log=log)
+    print_summary(results, title=f"{recipe.name}: {recipe.model.name} on {results['pruned']['dataset']}")
+    print(f"results: {run_dir}/summary.json")
+    return 0
+
+
+def _add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name (see `prunekit info --list`)", nargs="?")
+    p.add_argument("--list", action="store_true", help="list registered models, criteria, structures, datasets")
+    p.add_argument("--input-shape", default="1,28,28", help="C,H,W of one input (default 1,28,28)")
+    p.add_argument("--num-classes", type=int, default=10)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe a model: layers, parameters, MACs, prunable tensors."""
+    from prunekit.report_table import print_model_info
+
+    if args.list or not args.model:
+        from prunekit.allocate import ALLOCATIONS
+        from prunekit.criteria import CRITERIA
+        from prunekit.data import DATASETS
+        from prunekit.models import MODELS
+        from prunekit.structure import STRUCTURES
+
+        for reg in (MODELS, CRITERIA, STRUCTURES, ALLOCATIONS, DATASETS):
+            print(f"{reg.kind}s: {', '.join(reg.names())}")
+        print(f"bundled recipes: {', '.join(bundled_recipes())}")
+        return 0
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+        assert len(shape) == 3
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--input-shape '{args.input_shape}' must be C,H,W such as 1,28,28 or 3,32,32.") from None
+    print_model_info(args.model, shape, args.num_classes)
+    return 0
+
+
+COMMANDS.register("run")((_add_run_args, cmd_run))
+COMMANDS.register("info")((_add_info_args, cmd_info))
+
+
+def _load_plugins() -> None:
+    """Import modules that register further subcommands (sweep, bench, report, ...)."""
+    import importlib
+
+    for mod in ("prunekit.sweep", "prunekit.bench", "prunekit.report"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="prunekit", description="Prune neural networks and measure what it buys.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS.names():
+        add_args, handler = COMMANDS.get(name)
+        sp = sub.add_parser(name, help=(handler.__doc__ or "").strip().splitlines()[0],
+                            description=handler.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_args(sp)
+        sp.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; `prunekit` with no command runs the default job (`prunekit run`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except PrunekitError as e:
+        print(f"prunekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; continue with `prunekit run --resume RUN_DIR`.", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1

@@ -1,0 +1,195 @@
+"""MaskSet: binary masks over a model's prunable weight tensors.
+
+Masks are plain float tensors kept beside the parameters (no forward hooks, no
+re-parametrization), so the model stays an ordinary `nn.Module`: optimizers, deepcopy,
+torch.save and torch.fx all keep working. Pruned entries are held at exactly zero by
+two cheap in-place multiplies per training step: gradients are masked after
+`backward()` (so clipping and Adam statistics see the sparse gradient) and weights are
+masked after `optimizer.step()` (so momentum and weight decay cannot revive them).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import CheckpointError, ConfigError, did_you_mean
+
+#: Module types that can be selected by name in `types`.
+PRUNABLE_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
+    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "linear": (nn.Linear,),
+}
+LAYER_POLICIES = ("prune", "dense")
+
+
+def select_prunable(
+    model: nn.Module,
+    types: Sequence[str] = ("conv", "linear"),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    first_layer: str = "prune",
+    last_layer: str = "prune",
+) -> list[str]:
+    """Return the parameter names (`<module>.weight`) that pruning may touch, in model order.
+
+    `include`/`exclude` are shell-style patterns matched against module names; a pattern
+    that matches no candidate layer is an error (a silent no-op hides typos).
+    `first_layer`/`last_layer` = "dense" keep the first/last prunable layer unpruned.
+    """
+    for t in types:
+        if t not in PRUNABLE_TYPES:
+            raise ConfigError(
+                f"prunable.types: unknown layer type '{t}'.{did_you_mean(t, PRUNABLE_TYPES)} "
+                f"Allowed: {', '.join(PRUNABLE_TYPES)}."
+            )
+    for key, value in (("first_layer", first_layer), ("last_layer", last_layer)):
+        if value not in LAYER_POLICIES:
+            raise ConfigError(f"prunable.{key}: '{value}' is not one of {', '.join(LAYER_POLICIES)}.")
+    classes = tuple(c for t in types for c in PRUNABLE_TYPES[t])
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, classes) and getattr(module, "weight", None) is not None
+    ]
+    for pattern in (*include, *exclude):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in candidates):
+            raise ConfigError(
+                f"prunable pattern '{pattern}' matches no {'/'.join(types)} layer. "
+                f"Layers are: {', '.join(candidates) or '(none)'}."
+            )
+    chosen = [n for n in candidates if not include or any(fnmatch.fnmatchcase(n, p) for p in include)]
+    chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    if chosen and first_layer == "dense" and chosen[0] == candidates[0]:
+        chosen = chosen[1:]
+    if chosen and last_layer == "dense" and chosen[-1] == candidates[-1]:
+        chosen = chosen[:-1]
+    if not chosen:
+        raise ConfigError(
+            f"no prunable tensors: the model has no {'/'.join(types)} layers left after "
+            f"include={list(include)}, exclude={list(exclude)}, first_layer={first_layer}, "
+            f"last_layer={last_layer}. Widen `prunable.types` or the patterns."
+        )
+    return [f"{n}.weight" if n else "weight" for n in chosen]
+
+
+class MaskSet:
+    """Binary (0/1) masks for named parameters of one model."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]):
+        params = dict(model.named_parameters())
+        self.names: list[str] = list(names)
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise ConfigError(f"mask names {missing} are not parameters of the model.")
+        self.params: dict[str, nn.Parameter] = {n: params[n] for n in self.names}
+        self.masks: dict[str, Tensor] = {
+            n: torch.ones_like(p, dtype=p.dtype, memory_format=torch.contiguous_format)
+            for n, p in self.params.items()
+        }
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **selection) -> "MaskSet":
+        """Build all-ones masks over the tensors chosen by `select_prunable(**selection)`."""
+        return cls(model, select_prunable(model, **selection))
+
+    # -- enforcing -----------------------------------------------------------------
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero the pruned weights in place (parameter identity is preserved)."""
+        torch._foreach_mul_([self.params[n] for n in self.names], [self.masks[n] for n in self.names])
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero the gradients of pruned weights in place (call after backward)."""
+        pairs = [(p.grad, self.masks[n]) for n, p in self.params.items() if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def set(self, new_masks: dict[str, Tensor]) -> None:
+        """Replace masks (values are coerced to 0/1 of the parameter dtype) and apply them."""
+        for name, mask in new_masks.items():
+            if name not in self.masks:
+                raise ConfigError(f"'{name}' is not a masked tensor; masked: {', '.join(self.names)}.")
+            if mask.shape != self.masks[name].shape:
+                raise ConfigError(f"mask for '{name}' has shape {tuple(mask.shape)}, expected {tuple(self.masks[name].shape)}.")
+            self.masks[name].copy_(mask != 0)
+        self.apply()
+
+    def to(self, device: torch.device | str) -> "MaskSet":
+        """Move masks to `device` (parameters are moved by the model)."""
+        self.masks = {n: m.to(device) for n, m in self.masks.items()}
+        return self
+
+    # -- reporting -----------------------------------------------------------------
+    def kept(self) -> int:
+        """Number of unpruned entries across all masked tensors."""
+        return int(sum(int(m.count_nonzero()) for m in self.masks.values()))
+
+    def numel(self) -> int:
+        """Number of entries across all masked tensors."""
+        return sum(m.numel() for m in self.masks.values())
+
+    def density(self) -> float:
+        """Fraction of masked-tensor entries that are kept."""
+        return self.kept() / max(1, self.numel())
+
+    def sparsity(self) -> float:
+        """Fraction of masked-tensor entries that are pruned."""
+        return 1.0 - self.density()
+
+    def report(self) -> list[dict]:
+        """Per-tensor rows: name, shape, numel, kept, density."""
+        rows = []
+        for n, m in self.masks.items():
+            kept = int(m.count_nonzero())
+            rows.append({"name": n, "shape": list(m.shape), "numel": m.numel(), "kept": kept, "density": kept / m.numel()})
+        return rows
+
+    def collapsed(self) -> list[str]:
+        """Names of masked tensors with no weight left (a disconnected network)."""
+        return [n for n, m in self.masks.items() if not bool(m.any())]
+
+    def checksum(self) -> str:
+        """A short hash of all masks, to check that copies agree (e.g. across ranks)."""
+        h = hashlib.sha256()
+        for n in self.names:
+            h.update(n.encode())
+            h.update(self.masks[n].detach().to("cpu", torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # -- persistence ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """Masks as compact bool tensors keyed by parameter name."""
+        return {n: m.detach().to("cpu", torch.bool).clone() for n, m in self.masks.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load masks saved by `state_dict`; names and shapes must match exactly."""
+        if set(state) != set(self.names):
+            extra, missing = sorted(set(state) - set(self.names)), sorted(set(self.names) - set(state))
+            raise CheckpointError(
+                f"mask checkpoint does not fit this model: unexpected {extra}, missing {missing}. "
+                "Was it saved from another model or prunable selection?"
+            )
+        for n, m in state.items():
+            if tuple(m.shape) != tuple(self.masks[n].shape):
+                raise CheckpointError(
+                    f"mask '{n}' in checkpoint has shape {tuple(m.shape)}, the model has {tuple(self.masks[n].shape)}."
+                )
+        self.set({n: m.to(self.masks[n].device) for n, m in state.items()})
+
+
+def export_model(model: nn.Module, masks: MaskSet) -> nn.Module:
+    """Return a deep copy of `model` with pruned weights baked in as zeros (no masks needed)."""
+    out = copy.deepcopy(model)
+    params = dict(out.named_parameters())
+    with torch.no_grad():
+        for n, m in masks.masks.items():
+            params[n].mul_(m.to(params[n].device))
+    return out

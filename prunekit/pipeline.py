@@ -1,0 +1,283 @@
+"""Run a recipe: model + data -> stages (prune / train / rewind, repeated) -> results.
+
+Every paradigm is a stage list: pruning at init is `prune, train`; classic pruning after
+training is `train, prune, train`; a lottery ticket is `train, repeat{prune, rewind,
+train}`. Stage runners are registered by name, so a new stage type is one function.
+A checkpoint is written after every stage and every training epoch; `resume` continues
+from the last one and replays the rest exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from prunekit.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
+from prunekit.criteria import ScoringContext, create_criterion
+from prunekit.data import DatasetSplits, load_dataset
+from prunekit.errors import ConfigError, TrainingDiverged
+from prunekit.masks import MaskSet
+from prunekit.measure import count_flops, count_params
+from prunekit.models import create_model
+from prunekit.pruning import compute_masks
+from prunekit.recipe import PruneConfig, Recipe, Section, recipe_to_yaml, stage_settings
+from prunekit.registry import Registry
+from prunekit.structure import create_structure
+from prunekit.train import TrainLoop, derive_seed, epoch_generator, evaluate
+
+
+@dataclass
+class PlannedStage:
+    """One stage of the flattened plan; `round`/`rounds` locate it inside a `repeat`."""
+
+    index: int
+    kind: str
+    settings: Section
+    round: int = 1
+    rounds: int = 1
+
+    @property
+    def label(self) -> str:
+        r = f" (round {self.round}/{self.rounds})" if self.rounds > 1 else ""
+        return f"stage {self.index} {self.kind}{r}"
+
+
+def plan_stages(recipe: Recipe) -> list[PlannedStage]:
+    """Flatten the recipe's stages (expanding `repeat`) into validated, numbered stages."""
+    plan: list[PlannedStage] = []
+
+    def add(stages: list[dict], where: str, round_: int = 1, rounds: int = 1) -> None:
+        for i, stage in enumerate(stages):
+            (kind, settings), = stage.items()
+            if kind == "repeat":
+                rep = stage_settings(recipe, kind, settings, f"{where}[{i}]")
+                for r in range(1, rep.times + 1):
+                    add(rep.stages, f"{where}[{i}].repeat.stages", r, rep.times)
+            else:
+                plan.append(PlannedStage(len(plan), kind, stage_settings(recipe, kind, settings, f"{where}[{i}]"), round_, rounds))
+
+    add(recipe.stages, "stages")
+    return plan
+
+
+@dataclass
+class RunContext:
+    """The mutable state a pipeline threads through its stages."""
+
+    recipe: Recipe
+    out_dir: Path
+    model: nn.Module
+    masks: MaskSet
+    data: DatasetSplits
+    device: torch.device
+    init_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: {"train_time_s": 0.0, "scoring_time_s": 0.0})
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+    def checkpoint(self, stage: int, epoch: int, loop_state: dict | None = None) -> None:
+        """Atomically save everything needed to continue at (stage, epoch); rewrite metrics."""
+        save_checkpoint(self.out_dir / "checkpoint.pt", {
+            "position": {"stage": stage, "epoch": epoch},
+            "model_name": self.recipe.model.name,
+            "model": self.model.state_dict(),
+            "masks": self.masks.state_dict(),
+            "init_state": self.init_state,
+            "loop": loop_state,
+            "history": json.dumps(self.history),
+            "timings": json.dumps(self.timings),
+        })
+        atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+
+StageRunner = Callable[[RunContext, PlannedStage, dict | None], None]
+STAGE_RUNNERS: Registry[StageRunner] = Registry("stage type")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: '{name}' is not a torch device; use auto, cpu or cuda[:N].") from None
+
+
+@STAGE_RUNNERS.register("train")
+def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None:
+    """Train for `epochs` with pruned weights held at zero; checkpoint after every epoch."""
+    cfg, data, rc = stage.settings, ctx.data, ctx.recipe
+    steps = -(-len(data.train_x) // rc.data.batch_size)
+    loop = TrainLoop(ctx.model, ctx.masks, cfg, steps, ctx.device)
+    start_epoch = 0
+    if resume is not None:
+        loop.load_state_dict(resume["loop"])
+        start_epoch = resume["epoch"]
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(derive_seed(rc.seed, stage.index, epoch, 1))
+        stats = loop.train_epoch(data.train_x, data.train_y, rc.data.batch_size,
+                                 epoch_generator(rc.seed, stage.index, epoch),
+                                 desc=f"{stage.label} epoch {epoch + 1}/{cfg.epochs}", progress=ctx.progress)
+        test = evaluate(ctx.model, data.test_x, data.test_y, rc.data.eval_batch_size, ctx.device)
+        ctx.timings["train_time_s"] += stats["epoch_time_s"]
+        row = {"stage": stage.index, "kind": "train", "round": stage.round, "epoch": epoch + 1, **stats,
+               "test_loss": test["loss"], "test_acc": test["acc"], "sparsity": ctx.masks.sparsity()}
+        ctx.history.append(row)
+        ctx.log(f"  {stage.label} epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f} "
+                f"test acc {test['acc']:.4f} sparsity {row['sparsity']:.4f} ({stats['epoch_time_s']:.1f}s)")
+        done = epoch + 1 == cfg.epochs
+        ctx.checkpoint(stage.index + 1 if done else stage.index, 0 if done else epoch + 1,
+                       None if done else loop.state_dict())
+    if cfg.epochs == 0 or start_epoch >= cfg.epochs:
+        ctx.checkpoint(stage.index + 1, 0)
+
+
+def prune_densities(start: float, target: float, iterations: int) -> list[float]:
+    """Exponential schedule from density `start` to `target`: start * (target/start)^(i/n)."""
+    return [start * (target / start) ** (i / iterations) for i in range(1, iterations + 1)]
+
+
+@STAGE_RUNNERS.register("prune")
+def run_prune(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None:
+    """Score and prune, one-shot or iteratively, to the stage's (round's) target sparsity."""
+    cfg: PruneConfig = stage.settings
+    criterion = create_criterion(cfg.criterion, **cfg.options)
+    structure = create_structure(cfg.structure, reduce=cfg.reduce)
+    final_density = 1.0 - cfg.sparsity
+    # Inside `repeat`, round r of R reaches density final^(r/R): IMP's "prune p% of what remains".
+    target = final_density ** (stage.round / stage.rounds)
+    start = ctx.masks.density()
+    if target > start + 1e-12:
+        raise ConfigError(f"{stage.label}: target sparsity {1 - target:.4f} is below the current "
+                          f"{1 - start:.4f}; pruning stages can only remove weights.")
+    iterations = cfg.iterations or criterion.default_iterations
+    sctx = ScoringContext(ctx.model, ctx.masks, ctx.data, ctx.device, ctx.recipe.seed + stage.index)
+    t0 = time.perf_counter()
+    for density in prune_densities(start, target, iterations):
+        scores = criterion.score(sctx)
+        ctx.masks.set(compute_masks(scores, ctx.masks, density, cfg.allocation, structure, cfg.prevent_collapse))
+    elapsed = time.perf_counter() - t0
+    ctx.timings["scoring_time_s"] += elapsed
+    collapsed = ctx.masks.collapsed()
+    row = {"stage": stage.index, "kind": "prune", "round": stage.round, "criterion": cfg.criterion,
+           "target_sparsity": 1 - target, "sparsity": ctx.masks.sparsity(), "iterations": iterations,
+           "scoring_time_s": elapsed, "collapsed_layers": collapsed}
+    ctx.history.append(row)
+    ctx.log(f"  {stage.label}: {cfg.criterion} -> sparsity {row['sparsity']:.4f} "
+            f"(target {1 - target:.4f}, {iterations} it., {elapsed:.2f}s)")
+    if collapsed:
+        ctx.log(f"  WARNING layer collapse: {', '.join(collapsed)} lost every weight; the network is "
+                "disconnected. Set prevent_collapse: true or lower the sparsity.")
+    ctx.checkpoint(stage.index + 1, 0)
+
+
+@STAGE_RUNNERS.register("rewind")
+def run_rewind(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None:
+    """Reset weights to their initial values, keeping the current masks (lottery ticket)."""
+    ctx.model.load_state_dict(ctx.init_state)
+    ctx.masks.apply()
+    ctx.history.append({"stage": stage.index, "kind": "rewind", "round": stage.round, "to": stage.settings.to})
+    ctx.log(f"  {stage.label}: weights rewound to {stage.settings.to}")
+    ctx.checkpoint(stage.index + 1, 0)
+
+
+def build_context(recipe: Recipe, out_dir: Path, data: DatasetSplits | None = None,
+                  progress: bool = True, log: Callable[[str], None] = print) -> RunContext:
+    """Create the model (seeded), masks and data for one pipeline run."""
+    device = resolve_device(recipe.device)
+    if data is None:
+        data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
+    torch.manual_seed(recipe.seed)
+    model = create_model(recipe.model.name, in_channels=data.in_channels, num_classes=data.num_classes,
+                         image_size=data.image_size, **recipe.model.options).to(device)
+    p = recipe.prunable
+    masks = MaskSet.from_model(model, types=p.types, include=p.include, exclude=p.exclude,
+                               first_layer=p.first_layer, last_layer=p.last_layer).to(device)
+    if device.type == "cuda":
+        data = copy.copy(data)
+        data.train_x, data.train_y = data.train_x.to(device), data.train_y.to(device)
+        data.test_x, data.test_y = data.test_x.to(device), data.test_y.to(device)
+    init_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return RunContext(recipe, out_dir, model, masks, data, device, init_state, progress=progress, log=log)
+
+
+def run_pipeline(recipe: Recipe, out_dir: str | Path, data: DatasetSplits | None = None, resume: bool = False,
+                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or continue) every stage of `recipe` in `out_dir`; return the summary dict."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_stages(recipe)
+    ctx = build_context(recipe, out_dir, data, progress, log)
+    position = {"stage": 0, "epoch": 0}
+    loop_state = None
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, ctx.device)
+        if state.get("model_name") != recipe.model.name:
+            raise ConfigError(f"checkpoint in {out_dir} is for model '{state.get('model_name')}', "
+                              f"the recipe asks for '{recipe.model.name}'.")
+        load_model_state(ctx.model, state["model"], f"'{ckpt_path}'")
+        ctx.masks.load_state_dict(state["masks"])
+        ctx.init_state = state["init_state"]
+        ctx.history = json.loads(state["history"])
+        ctx.timings = json.loads(state["timings"])
+        position, loop_state = state["position"], state["loop"]
+        log(f"  resuming {out_dir} at stage {position['stage']}, epoch {position['epoch']}")
+    for stage in plan[position["stage"]:]:
+        mid = stage.index == position["stage"] and position["epoch"] > 0
+        STAGE_RUNNERS.get(stage.kind)(ctx, stage, {"epoch": position["epoch"], "loop": loop_state} if mid else None)
+    return summarize(ctx)
+
+
+def summarize(ctx: RunContext) -> dict[str, Any]:
+    """Final metrics: accuracy, reached sparsity, kept parameters, MACs, timings, per-layer densities."""
+    d = ctx.data
+    test = evaluate(ctx.model, d.test_x, d.test_y, ctx.recipe.data.eval_batch_size, ctx.device)
+    masks = {n: m for n, m in ctx.masks.masks.items()}
+    params = count_params(ctx.model, masks)
+    flops = count_flops(ctx.model, (d.in_channels, *d.image_size), masks)
+    if not all(map(lambda v: v == v, test.values())):
+        raise TrainingDiverged(f"final evaluation is NaN; the last good checkpoint is {ctx.out_dir / 'checkpoint.pt'}.")
+    summary = {
+        "name": ctx.recipe.name, "model": ctx.recipe.model.name, "dataset": d.name,
+        "test_acc": test["acc"], "test_loss": test["loss"],
+        "sparsity": ctx.masks.sparsity(), "prunable_params": ctx.masks.numel(), "prunable_kept": ctx.masks.kept(),
+        "params_total": params["total"], "params_nonzero": params["nonzero"],
+        "dense_macs": flops["dense_macs"], "sparse_macs": flops["sparse_macs"],
+        **ctx.timings, "collapsed_layers": ctx.masks.collapsed(), "layers": ctx.masks.report(),
+    }
+    atomic_write_json(ctx.out_dir / "summary.json", summary)
+    return summary
+
+
+def baseline_recipe(recipe: Recipe) -> Recipe:
+    """The dense reference: the recipe's first train stage alone, same seed, model and data."""
+    plan = plan_stages(recipe)
+    first_train = next((s for s in plan if s.kind == "train"), None)
+    train = first_train.settings.model_dump() if first_train else recipe.train.model_dump()
+    return recipe.model_copy(update={"stages": [{"train": train}], "baseline": False})
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progress: bool = True,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the recipe's pipeline (and the dense baseline when asked) in `run_dir`."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+    data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
+    results: dict[str, Any] = {}
+    variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
+    for variant, rec in variants:
+        log(f"[{variant}] {rec.model.name} on {data.name}")
+        results[variant] = run_pipeline(rec, run_dir / variant, data, resume, progress, log)
+    atomic_write_json(run_dir / "summary.json", results)
+    return results

@@ -1,0 +1,244 @@
+"""Typed recipes: one YAML file describes a whole pruning pipeline.
+
+A recipe names the model, the data, which tensors may be pruned, the default training
+settings, and an ordered list of stages. Each stage is a one-key mapping whose key is a
+registered stage type (`train`, `prune`, `rewind`, `repeat`, ...) and whose value holds
+that stage's settings. Unknown keys and bad values are rejected with the key path, the
+allowed values and a did-you-mean. YAML is read with the safe loader only.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prunekit.errors import ConfigError, did_you_mean
+from prunekit.registry import Registry
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, defaults are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelConfig(Section):
+    name: str = "lenet5"
+    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
+
+
+class DataConfig(Section):
+    name: str = "embedded"
+    data_dir: str | None = None
+    download: bool = False
+    batch_size: int = Field(128, gt=0, description="global batch size")
+    eval_batch_size: int = Field(1000, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PrunableConfig(Section):
+    types: list[str] = Field(default_factory=lambda: ["conv", "linear"])
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    first_layer: Literal["prune", "dense"] = "prune"
+    last_layer: Literal["prune", "dense"] = "prune"
+
+
+class TrainConfig(Section):
+    epochs: int = Field(8, ge=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[int] = Field(default_factory=list, description="epochs where the step schedule multiplies lr by gamma")
+    gamma: float = Field(0.1, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class PruneConfig(Section):
+    criterion: str = "magnitude"
+    options: dict[str, Any] = Field(default_factory=dict, description="criterion options")
+    sparsity: float = Field(0.9, description="fraction of prunable weights removed, in [0, 1)")
+    allocation: str = "global"
+    structure: str = "weight"
+    reduce: Literal["sum", "mean", "l2"] = "sum"
+    iterations: int | None = Field(None, ge=1, description="exponential schedule steps; default: the criterion's own")
+    prevent_collapse: bool = False
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_range(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{v} is outside [0, 1); give a fraction such as 0.9 for 90%")
+        return v
+
+
+class RewindConfig(Section):
+    to: Literal["init"] = "init"
+
+
+class Recipe(Section):
+    name: str = "lenet5-magnitude-pai"
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs"
+    baseline: bool = Field(True, description="also train the dense model with the same settings and compare")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prunable: PrunableConfig = Field(default_factory=PrunableConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    stages: list[dict[str, Any]] = Field(default_factory=lambda: [{"prune": {}}, {"train": {}}])
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_known(cls, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [parse_stage(s, f"stages[{i}]") for i, s in enumerate(stages)]
+
+
+#: stage type -> settings model. A stage type's runner lives in pipeline.py's STAGE_RUNNERS.
+STAGE_CONFIGS: Registry[type[Section]] = Registry("stage type")
+STAGE_CONFIGS.register("train")(TrainConfig)
+STAGE_CONFIGS.register("prune")(PruneConfig)
+STAGE_CONFIGS.register("rewind")(RewindConfig)
+
+
+class RepeatConfig(Section):
+    times: int = Field(ge=1)
+    stages: list[dict[str, Any]]
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_known(cls, stages):
+        return [parse_stage(s, "repeat.stages") for s in stages]
+
+
+STAGE_CONFIGS.register("repeat")(RepeatConfig)
+
+
+def parse_stage(stage: Any, where: str) -> dict[str, Any]:
+    """Check one `{type: settings}` stage mapping; settings stay a plain dict (validated lazily)."""
+    if isinstance(stage, str):
+        stage = {stage: {}}
+    if not isinstance(stage, dict) or len(stage) != 1:
+        raise ValueError(
+            f"{where}: a stage is a mapping with one key, the stage type ({', '.join(STAGE_CONFIGS.names())}); got {stage!r}"
+        )
+    (kind, settings), = stage.items()
+    if kind not in STAGE_CONFIGS:
+        raise ValueError(f"{where}: unknown stage type '{kind}'.{did_you_mean(kind, STAGE_CONFIGS.names())} "
+                         f"Allowed: {', '.join(STAGE_CONFIGS.names())}")
+    settings = settings or {}
+    if kind != "train":  # train settings are merged with recipe.train before validation
+        _validate(STAGE_CONFIGS.get(kind), settings, f"{where}.{kind}")
+    return {kind: settings}
+
+
+def stage_settings(recipe: Recipe, kind: str, settings: dict[str, Any], where: str = "stage") -> Section:
+    """Validated settings object for one stage (train stages inherit `recipe.train`)."""
+    if kind == "train":
+        merged = {**recipe.train.model_dump(), **settings}
+        return _validate(TrainConfig, merged, f"{where}.train")
+    return _validate(STAGE_CONFIGS.get(kind), settings, f"{where}.{kind}")
+
+
+def _validate(model: type[Section], data: dict[str, Any], where: str) -> Section:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, model, where)) from None
+
+
+def format_validation_error(e: ValidationError, model: type[BaseModel] = None, prefix: str = "") -> str:
+    """Render pydantic errors as `key.path: problem` lines with allowed keys and a did-you-mean."""
+    lines = []
+    for err in e.errors():
+        path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and model is not None:
+            owner = _owner_model(model, err["loc"][:-1])
+            if owner is not None:
+                allowed = list(owner.model_fields)
+                msg = f"unknown key.{did_you_mean(str(err['loc'][-1]), allowed)} Allowed keys: {', '.join(allowed)}"
+        elif "input" in err and err["type"] != "missing":
+            msg += f" (got {err['input']!r})"
+        lines.append(f"{path}: {msg}")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def _owner_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """Follow a pydantic error location down nested sections to the section that owns the key."""
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a YAML recipe with the safe loader and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file '{path}' does not exist. Pass a YAML recipe path, or see `prunekit run --help`.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe '{path}' is not valid YAML (only plain data is accepted, no tags): {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(data).__name__}.")
+    return recipe_from_dict(data)
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Validate a plain dict as a Recipe, with helpful errors."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, Recipe)) from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (what a run directory stores)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (value parsed as YAML scalars/lists) to a recipe dict."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value, e.g. train.epochs=5.")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = _list_item(node, part, ".".join(parts[: i + 1]))
+            else:
+                node = node.setdefault(part, {})
+        if isinstance(node, list):
+            raise ConfigError(f"override '{key}': cannot set a list element as a key.")
+        node[parts[-1]] = value
+    return data
+
+
+def _list_item(node: list, part: str, where: str):
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override path '{where}': '{part}' is not an index below {len(node)}.")
+    item = node[int(part)]
+    if isinstance(item, str):  # a bare stage name such as "train"
+        item = node[int(part)] = {item: {}}
+    return item

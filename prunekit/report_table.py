@@ -1,0 +1,61 @@
+"""Terminal tables (rich): run summaries beside the dense baseline, and model info."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _console() -> Console:
+    # 100 columns keeps tables readable in a normal terminal and in CI logs.
+    return Console(width=100, highlight=False)
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def print_summary(results: dict[str, dict[str, Any]], title: str = "results") -> None:
+    """One row per variant (pruned, dense): accuracy, sparsity, params kept, MACs, time."""
+    table = Table(title=title)
+    for col in ("variant", "test acc", "sparsity", "params kept", "MACs (sparse/dense)", "train s", "score s"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for variant, s in results.items():
+        table.add_row(
+            variant, f"{100 * s['test_acc']:.2f}%", f"{100 * s['sparsity']:.2f}%",
+            f"{human(s['params_nonzero'])}/{human(s['params_total'])}",
+            f"{human(s['sparse_macs'])}/{human(s['dense_macs'])}",
+            f"{s['train_time_s']:.1f}", f"{s['scoring_time_s']:.2f}")
+    _console().print(table)
+
+
+def print_model_info(name: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """Layers with parameter counts and MACs, marking the tensors pruning selects by default."""
+    from prunekit.masks import select_prunable
+    from prunekit.measure import count_flops, count_params
+    from prunekit.models import create_model
+
+    model = create_model(name, in_channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1:])
+    flops = count_flops(model, input_shape)
+    prunable = set(select_prunable(model))
+    table = Table(title=f"{name}: input {list(input_shape)}, {num_classes} classes")
+    for col in ("layer", "type", "weight shape", "params", "MACs", "prunable"):
+        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for mod_name, module in model.named_modules():
+        if list(module.children()) or not any(True for _ in module.parameters(recurse=False)):
+            continue
+        w = getattr(module, "weight", None)
+        table.add_row(mod_name, type(module).__name__, "x".join(map(str, w.shape)) if w is not None else "-",
+                      human(sum(p.numel() for p in module.parameters(recurse=False))),
+                      human(flops["per_layer"].get(mod_name, {}).get("macs", 0)),
+                      "yes" if f"{mod_name}.weight" in prunable else "")
+    console = _console()
+    console.print(table)
+    console.print(f"total params {count_params(model)['total']:,}, MACs {flops['dense_macs']:,}, "
+                  f"prunable tensors {len(prunable)}")

@@ -1,0 +1,165 @@
+"""The masked training/evaluation loop.
+
+The loop knows nothing about pruning methods: it holds pruned weights at zero through a
+MaskSet and calls optional step hooks (gradual pruning, drop-and-regrow) after each
+optimizer step. All randomness comes from generators seeded by (seed, stage, epoch), so a
+run resumed from an epoch checkpoint replays exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from prunekit.errors import TrainingDiverged
+from prunekit.masks import MaskSet
+from prunekit.recipe import TrainConfig
+from prunekit.registry import Registry
+
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(params, cfg: TrainConfig):
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params, cfg: TrainConfig):
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params, cfg: TrainConfig):
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at optimizer step `step`: linear warmup, then the schedule."""
+    epoch = step / max(1, steps_per_epoch)
+    if cfg.warmup_epochs > 0 and epoch < cfg.warmup_epochs:
+        return (step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    # cosine over the post-warmup part of training, evaluated per step
+    span = max(1e-9, cfg.epochs - cfg.warmup_epochs)
+    progress = min(1.0, (epoch - cfg.warmup_epochs) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def derive_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (Python's str hash is salted per process)."""
+    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
+    """The generator that fixes one epoch's data order (independent of earlier epochs)."""
+    return torch.Generator().manual_seed(derive_seed(seed, stage, epoch, 0))
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None,
+            drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (x, y) minibatches in a shuffled (generator given) or fixed order."""
+    n = len(x)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        idx = order[i : i + batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean cross-entropy loss and top-1 accuracy of `model` on (x, y), in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for xb, yb in batches(x, y, batch_size):
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        out = model(xb)
+        total_loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    n = max(1, len(x))
+    return {"loss": total_loss / n, "acc": correct / n}
+
+
+class StepHook(Protocol):
+    """Called after every optimizer step; may change masks (gradual pruning, SET/RigL)."""
+
+    def __call__(self, loop: "TrainLoop", step: int) -> None: ...
+
+
+class TrainLoop:
+    """Owns the optimizer and LR schedule for one train stage and runs its epochs."""
+
+    def __init__(self, model: nn.Module, masks: MaskSet | None, cfg: TrainConfig, steps_per_epoch: int,
+                 device: torch.device | str = "cpu", hooks: Sequence[StepHook] = ()):
+        self.model, self.masks, self.cfg, self.device = model, masks, cfg, device
+        self.steps_per_epoch = steps_per_epoch
+        self.optimizer = OPTIMIZERS.create(cfg.optimizer, model.parameters(), cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.hooks = list(hooks)
+        self.step = 0
+        self.last_grads: dict[str, Tensor] | None = None
+
+    def train_epoch(self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator,
+                    desc: str = "train", progress: bool = True) -> dict[str, float]:
+        """One pass over (x, y); returns mean loss, accuracy, lr and wall time."""
+        self.model.train()
+        start = time.perf_counter()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        n_batches = math.ceil(len(x) / batch_size)
+        for xb, yb in tqdm(batches(x, y, batch_size, generator), total=n_batches, desc=desc, leave=False,
+                           disable=not progress, mininterval=1.0):
+            xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            out = self.model(xb)
+            loss = self.loss_fn(out, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.masks is not None:
+                self.masks.mask_grads()
+            if self.cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.masks is not None:
+                self.masks.apply()
+            self.step += 1
+            for hook in self.hooks:
+                hook(self, self.step)
+            total_loss += loss.detach() * len(xb)
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += len(xb)
+        mean_loss = float(total_loss) / max(1, seen)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"training loss became {mean_loss} in epoch '{desc}'; lower the learning rate "
+                                   f"(lr={self.cfg.lr}) or enable grad_clip.")
+        return {"train_loss": mean_loss, "train_acc": int(correct) / max(1, seen),
+                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - start}
+
+    def state_dict(self) -> dict:
+        """Optimizer, schedule and step count (for checkpoints)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
