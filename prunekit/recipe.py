@@ -20,6 +20,14 @@ from prunekit.errors import ConfigError, did_you_mean
 from prunekit.registry import Registry
 
 
+def _known(value: str, registry: Registry) -> str:
+    """Validator helper: `value` must be a registered name (error lists choices, did-you-mean)."""
+    if value not in registry:
+        raise ValueError(f"unknown {registry.kind} '{value}'.{did_you_mean(value, registry.names())} "
+                         f"Allowed: {', '.join(registry.names())}")
+    return value
+
+
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, defaults are validated."""
 
@@ -73,6 +81,24 @@ class PruneConfig(Section):
     iterations: int | None = Field(None, ge=1, description="exponential schedule steps; default: the criterion's own")
     prevent_collapse: bool = False
 
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        from prunekit.criteria import CRITERIA
+        return _known(v, CRITERIA)
+
+    @field_validator("allocation")
+    @classmethod
+    def _known_allocation(cls, v: str) -> str:
+        from prunekit.allocate import ALLOCATIONS
+        return _known(v, ALLOCATIONS)
+
+    @field_validator("structure")
+    @classmethod
+    def _known_structure(cls, v: str) -> str:
+        from prunekit.structure import STRUCTURES
+        return _known(v, STRUCTURES)
+
     @field_validator("sparsity")
     @classmethod
     def _sparsity_range(cls, v: float) -> float:
@@ -95,12 +121,7 @@ class Recipe(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     prunable: PrunableConfig = Field(default_factory=PrunableConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    stages: list[dict[str, Any]] = Field(default_factory=lambda: [{"prune": {}}, {"train": {}}])
-
-    @field_validator("stages")
-    @classmethod
-    def _stages_known(cls, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [parse_stage(s, f"stages[{i}]") for i, s in enumerate(stages)]
+    stages: list[Any] = Field(default_factory=lambda: [{"prune": {}}, {"train": {}}])
 
 
 #: stage type -> settings model. A stage type's runner lives in pipeline.py's STAGE_RUNNERS.
@@ -112,33 +133,39 @@ STAGE_CONFIGS.register("rewind")(RewindConfig)
 
 class RepeatConfig(Section):
     times: int = Field(ge=1)
-    stages: list[dict[str, Any]]
-
-    @field_validator("stages")
-    @classmethod
-    def _stages_known(cls, stages):
-        return [parse_stage(s, "repeat.stages") for s in stages]
+    stages: list[Any]
 
 
 STAGE_CONFIGS.register("repeat")(RepeatConfig)
 
 
-def parse_stage(stage: Any, where: str) -> dict[str, Any]:
-    """Check one `{type: settings}` stage mapping; settings stay a plain dict (validated lazily)."""
-    if isinstance(stage, str):
-        stage = {stage: {}}
-    if not isinstance(stage, dict) or len(stage) != 1:
-        raise ValueError(
-            f"{where}: a stage is a mapping with one key, the stage type ({', '.join(STAGE_CONFIGS.names())}); got {stage!r}"
-        )
-    (kind, settings), = stage.items()
-    if kind not in STAGE_CONFIGS:
-        raise ValueError(f"{where}: unknown stage type '{kind}'.{did_you_mean(kind, STAGE_CONFIGS.names())} "
-                         f"Allowed: {', '.join(STAGE_CONFIGS.names())}")
-    settings = settings or {}
-    if kind != "train":  # train settings are merged with recipe.train before validation
-        _validate(STAGE_CONFIGS.get(kind), settings, f"{where}.{kind}")
-    return {kind: settings}
+def load_stage_plugins() -> None:
+    """Import the stage-type modules in prunekit.stages (they register themselves)."""
+    import prunekit.pipeline  # noqa: F401  (defines STAGE_RUNNERS the plugins register into)
+    import prunekit.stages  # noqa: F401
+
+
+def parse_stages(stages: list[Any], where: str, recipe: "Recipe") -> list[dict[str, Any]]:
+    """Check a list of `{type: settings}` stages (recursing into `repeat`); return them normalized."""
+    load_stage_plugins()
+    out = []
+    for i, stage in enumerate(stages):
+        here = f"{where}[{i}]"
+        if isinstance(stage, str):
+            stage = {stage: {}}
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise ConfigError(f"{here}: a stage is a mapping with one key, the stage type "
+                              f"({', '.join(STAGE_CONFIGS.names())}); got {stage!r}.")
+        (kind, settings), = stage.items()
+        if kind not in STAGE_CONFIGS:
+            raise ConfigError(f"{here}: unknown stage type '{kind}'.{did_you_mean(kind, STAGE_CONFIGS.names())} "
+                              f"Allowed: {', '.join(STAGE_CONFIGS.names())}.")
+        settings = dict(settings or {})
+        checked = stage_settings(recipe, kind, settings, here)
+        if kind == "repeat":
+            settings["stages"] = parse_stages(checked.stages, f"{here}.repeat.stages", recipe)
+        out.append({kind: settings})
+    return out
 
 
 def stage_settings(recipe: Recipe, kind: str, settings: dict[str, Any], where: str = "stage") -> Section:
@@ -199,11 +226,13 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    """Validate a plain dict as a Recipe, with helpful errors."""
+    """Validate a plain dict as a Recipe (stages included), with helpful errors."""
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, Recipe)) from None
+    recipe.stages = parse_stages(recipe.stages, "stages", recipe)
+    return recipe
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
