@@ -235,9 +235,23 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return recipe
 
 
+def resolve_stages(recipe: Recipe, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stages with every default filled in (train stages show their merged settings)."""
+    out = []
+    for stage in stages:
+        (kind, settings), = stage.items()
+        full = stage_settings(recipe, kind, settings).model_dump(mode="json")
+        if kind == "repeat":
+            full["stages"] = resolve_stages(recipe, settings["stages"])
+        out.append({kind: full})
+    return out
+
+
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """The fully resolved recipe as YAML (what a run directory stores)."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved recipe as YAML (what a run directory stores): every default spelled out."""
+    data = recipe.model_dump(mode="json")
+    data["stages"] = resolve_stages(recipe, recipe.stages)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -257,7 +271,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if isinstance(node, list):
                 node = _list_item(node, part, ".".join(parts[: i + 1]))
             else:
-                node = node.setdefault(part, {})
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
         if isinstance(node, list):
             raise ConfigError(f"override '{key}': cannot set a list element as a key.")
         node[parts[-1]] = value
