@@ -26,9 +26,12 @@ from prunekit.errors import ConfigError, TrainingDiverged
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params
 from prunekit.models import create_model
+from prunekit.preflight import check_output_dir
 from prunekit.pruning import compute_masks
 from prunekit.recipe import PruneConfig, Recipe, Section, recipe_to_yaml, stage_settings
 from prunekit.registry import Registry
+from prunekit.robustness import robustness_report
+from prunekit.schedules import SparsifyEnv, build_sparsify_hooks
 from prunekit.structure import create_structure
 from prunekit.train import TrainLoop, derive_seed, epoch_generator, evaluate
 
@@ -82,6 +85,7 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=lambda: {"train_time_s": 0.0, "scoring_time_s": 0.0})
     progress: bool = True
     log: Callable[[str], None] = print
+    rewind_state: dict[str, torch.Tensor] | None = None  # weights after epoch k of the first train stage
 
     def checkpoint(self, stage: int, epoch: int, loop_state: dict | None = None) -> None:
         """Atomically save everything needed to continue at (stage, epoch); rewrite metrics."""
@@ -91,6 +95,7 @@ class RunContext:
             "model": self.model.state_dict(),
             "masks": self.masks.state_dict(),
             "init_state": self.init_state,
+            "rewind_state": self.rewind_state,
             "loop": loop_state,
             "history": json.dumps(self.history),
             "timings": json.dumps(self.timings),
@@ -117,7 +122,10 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     """Train for `epochs` with pruned weights held at zero; checkpoint after every epoch."""
     cfg, data, rc = stage.settings, ctx.data, ctx.recipe
     steps = -(-len(data.train_x) // rc.data.batch_size)
-    loop = TrainLoop(ctx.model, ctx.masks, cfg, steps, ctx.device)
+    # During-training mask updates (gradual / SET / RigL) are step hooks; they are pure functions
+    # of (step, model, masks), so a resumed stage rebuilds them and repeats the same updates.
+    env = SparsifyEnv(ctx.model, ctx.masks, data, ctx.device, derive_seed(rc.seed, stage.index, 3), steps, steps * cfg.epochs)
+    loop = TrainLoop(ctx.model, ctx.masks, cfg, steps, ctx.device, hooks=build_sparsify_hooks(cfg.sparsify, env, cfg.epochs))
     start_epoch = 0
     if resume is not None:
         loop.load_state_dict(resume["loop"])
@@ -130,10 +138,13 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
         test = evaluate(ctx.model, data.test_x, data.test_y, rc.data.eval_batch_size, ctx.device)
         ctx.timings["train_time_s"] += stats["epoch_time_s"]
         row = {"stage": stage.index, "kind": "train", "round": stage.round, "epoch": epoch + 1, **stats,
-               "test_loss": test["loss"], "test_acc": test["acc"], "sparsity": ctx.masks.sparsity()}
+               "test_loss": test["loss"], "test_acc": test["acc"], "sparsity": ctx.masks.sparsity(),
+               "mask_checksum": ctx.masks.checksum()}
         ctx.history.append(row)
         ctx.log(f"  {stage.label} epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f} "
                 f"test acc {test['acc']:.4f} sparsity {row['sparsity']:.4f} ({stats['epoch_time_s']:.1f}s)")
+        if ctx.rewind_state is None and (stage.index, epoch + 1) == rewind_point(ctx.recipe):
+            ctx.rewind_state = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
         done = epoch + 1 == cfg.epochs
         ctx.checkpoint(stage.index + 1 if done else stage.index, 0 if done else epoch + 1,
                        None if done else loop.state_dict())
@@ -151,7 +162,7 @@ def run_prune(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     """Score and prune, one-shot or iteratively, to the stage's (round's) target sparsity."""
     cfg: PruneConfig = stage.settings
     criterion = create_criterion(cfg.criterion, **cfg.options)
-    structure = create_structure(cfg.structure, reduce=cfg.reduce)
+    structure = create_structure(cfg.structure, reduce=cfg.reduce, **cfg.structure_options)
     final_density = 1.0 - cfg.sparsity
     # Inside `repeat`, round r of R reaches density final^(r/R): IMP's "prune p% of what remains".
     target = final_density ** (stage.round / stage.rounds)
@@ -159,6 +170,9 @@ def run_prune(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     if target > start + 1e-12:
         raise ConfigError(f"{stage.label}: target sparsity {1 - target:.4f} is below the current "
                           f"{1 - start:.4f}; pruning stages can only remove weights.")
+    if round(ctx.masks.numel() * target) < 1:
+        raise ConfigError(f"{stage.label}: sparsity {1 - target} keeps round({ctx.masks.numel()} x {target:.2g}) = 0 "
+                          f"weights. The highest sparsity this model allows is {1 - 1 / ctx.masks.numel():.6f}.")
     iterations = cfg.iterations or criterion.default_iterations
     sctx = ScoringContext(ctx.model, ctx.masks, ctx.data, ctx.device, ctx.recipe.seed + stage.index)
     t0 = time.perf_counter()
@@ -180,13 +194,26 @@ def run_prune(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     ctx.checkpoint(stage.index + 1, 0)
 
 
+def rewind_point(recipe: Recipe) -> tuple[int, int] | None:
+    """(stage index of the first train stage, epoch) whose weights a `rewind: {to: epoch}` needs, or None."""
+    plan = plan_stages(recipe)
+    epochs = [s.settings.epoch for s in plan if s.kind == "rewind" and s.settings.to == "epoch"]
+    first_train = next((s.index for s in plan if s.kind == "train"), None)
+    return (first_train, epochs[0]) if epochs and first_train is not None else None
+
+
 @STAGE_RUNNERS.register("rewind")
 def run_rewind(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None:
-    """Reset weights to their initial values, keeping the current masks (lottery ticket)."""
-    ctx.model.load_state_dict(ctx.init_state)
+    """Reset weights to their initial values or the epoch-k snapshot, keeping the current masks (lottery ticket)."""
+    cfg = stage.settings
+    if cfg.to == "epoch" and ctx.rewind_state is None:
+        raise ConfigError(f"{stage.label}: rewind to epoch {cfg.epoch} has no snapshot: the first train stage "
+                          f"must run at least {cfg.epoch} epochs before this stage.")
+    ctx.model.load_state_dict(ctx.init_state if cfg.to == "init" else ctx.rewind_state)
     ctx.masks.apply()
-    ctx.history.append({"stage": stage.index, "kind": "rewind", "round": stage.round, "to": stage.settings.to})
-    ctx.log(f"  {stage.label}: weights rewound to {stage.settings.to}")
+    where = "init" if cfg.to == "init" else f"epoch {cfg.epoch}"
+    ctx.history.append({"stage": stage.index, "kind": "rewind", "round": stage.round, "to": where})
+    ctx.log(f"  {stage.label}: weights rewound to {where}")
     ctx.checkpoint(stage.index + 1, 0)
 
 
@@ -225,16 +252,26 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, data: DatasetSplits | None
         if state.get("model_name") != recipe.model.name:
             raise ConfigError(f"checkpoint in {out_dir} is for model '{state.get('model_name')}', "
                               f"the recipe asks for '{recipe.model.name}'.")
+        if any(row.get("kind") == "shrink" for row in json.loads(state["history"])):
+            from prunekit.surgery import fit_to_state_dict  # a shrink stage made the layers smaller
+            fit_to_state_dict(ctx.model, state["model"])
+            ctx.masks = MaskSet(ctx.model, ctx.masks.names).to(ctx.device)
         load_model_state(ctx.model, state["model"], f"'{ckpt_path}'")
         ctx.masks.load_state_dict(state["masks"])
         ctx.init_state = state["init_state"]
+        ctx.rewind_state = state.get("rewind_state")
         ctx.history = json.loads(state["history"])
         ctx.timings = json.loads(state["timings"])
         position, loop_state = state["position"], state["loop"]
         log(f"  resuming {out_dir} at stage {position['stage']}, epoch {position['epoch']}")
     for stage in plan[position["stage"]:]:
         mid = stage.index == position["stage"] and position["epoch"] > 0
-        STAGE_RUNNERS.get(stage.kind)(ctx, stage, {"epoch": position["epoch"], "loop": loop_state} if mid else None)
+        try:
+            STAGE_RUNNERS.get(stage.kind)(ctx, stage, {"epoch": position["epoch"], "loop": loop_state} if mid else None)
+        except TrainingDiverged as e:
+            where = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"{stage.label}: {e} Stopped; {where} (resume with --resume after changing "
+                                   "the recipe in its recipe.yaml).") from None
     return summarize(ctx)
 
 
@@ -255,6 +292,12 @@ def summarize(ctx: RunContext) -> dict[str, Any]:
         "dense_macs": flops["dense_macs"], "sparse_macs": flops["sparse_macs"],
         **ctx.timings, "collapsed_layers": ctx.masks.collapsed(), "layers": ctx.masks.report(),
     }
+    rob = ctx.recipe.evaluate.robustness
+    if rob is not None:
+        n = rob.limit or len(d.test_x)
+        summary["robustness"] = robustness_report(
+            ctx.model, d.test_x[:n], d.test_y[:n], rob.eps, rob.steps, rob.step_size, rob.random_start,
+            rob.noise_sigmas, rob.pixel_std, ctx.recipe.data.eval_batch_size, ctx.device, ctx.recipe.seed)
     atomic_write_json(ctx.out_dir / "summary.json", summary)
     return summary
 
@@ -264,6 +307,7 @@ def baseline_recipe(recipe: Recipe) -> Recipe:
     plan = plan_stages(recipe)
     first_train = next((s for s in plan if s.kind == "train"), None)
     train = first_train.settings.model_dump() if first_train else recipe.train.model_dump()
+    train["sparsify"] = None  # the dense reference never prunes during training
     return recipe.model_copy(update={"stages": [{"train": train}], "baseline": False})
 
 
@@ -271,11 +315,17 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the recipe's pipeline (and the dense baseline when asked) in `run_dir`."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
     data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
-    results: dict[str, Any] = {}
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
+    # Build the model and masks once before writing anything, so bad input (an unknown
+    # model option, a pattern that matches nothing, an unwritable or full disk) fails
+    # with nothing half-written.
+    plan_stages(recipe)
+    probe = build_context(recipe, run_dir, data, progress, log)
+    check_output_dir(run_dir, probe.model, len(variants))
+    del probe
+    atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
+    results: dict[str, Any] = {}
     for variant, rec in variants:
         log(f"[{variant}] {rec.model.name} on {data.name}")
         results[variant] = run_pipeline(rec, run_dir / variant, data, resume, progress, log)
