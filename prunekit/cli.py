@@ -141,6 +141,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a recipe and print the pruned-vs-dense table."""
+    from prunekit.distributed import broadcast_object, init_from_env
     from prunekit.pipeline import run_recipe
     from prunekit.recipe import load_recipe, recipe_to_yaml
     from prunekit.report_table import print_summary
@@ -156,11 +157,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(recipe_to_yaml(recipe))
         return 0
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    print(f"prunekit run -> {run_dir}", flush=True)
-    results = run_recipe(recipe, run_dir, resume=bool(args.resume), progress=not args.quiet, log=log)
-    print_summary(results, title=f"{recipe.name}: {recipe.model.name} on {results['pruned']['dataset']}")
-    print(f"results: {run_dir}/summary.json")
+    d = init_from_env()  # joins the torchrun process group when WORLD_SIZE > 1
+    run_dir = Path(broadcast_object(str(run_dir)))  # rank 0's timestamped name for everyone
+    quiet = args.quiet or not d.is_main
+    log = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
+    log(f"prunekit run -> {run_dir}" + (f" ({d.world_size} ranks)" if d.enabled else ""))
+    results = run_recipe(recipe, run_dir, resume=bool(args.resume), progress=not quiet, log=log)
+    if d.is_main:
+        print_summary(results, title=f"{recipe.name}: {recipe.model.name} on {results['pruned']['dataset']}")
+        print(f"results: {run_dir}/summary.json")
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 

@@ -121,6 +121,10 @@ class MaskSet:
                 raise ConfigError(f"mask for '{name}' has shape {tuple(mask.shape)}, expected {tuple(self.masks[name].shape)}.")
             self.masks[name].copy_(mask != 0)
         self.apply()
+        from prunekit.distributed import info, verify_agreement
+
+        if info().enabled:  # every rank must hold the same masks after every change
+            verify_agreement(self.checksum(), "pruning masks")
 
     def to(self, device: torch.device | str) -> "MaskSet":
         """Move masks to `device` (parameters are moved by the model)."""

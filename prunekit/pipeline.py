@@ -22,6 +22,8 @@ from torch import nn
 from prunekit.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
 from prunekit.criteria import ScoringContext, create_criterion
 from prunekit.data import DatasetSplits, load_dataset
+from prunekit.distributed import device_for_rank
+from prunekit.distributed import info as dist_info
 from prunekit.errors import ConfigError, TrainingDiverged
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params
@@ -88,7 +90,9 @@ class RunContext:
     rewind_state: dict[str, torch.Tensor] | None = None  # weights after epoch k of the first train stage
 
     def checkpoint(self, stage: int, epoch: int, loop_state: dict | None = None) -> None:
-        """Atomically save everything needed to continue at (stage, epoch); rewrite metrics."""
+        """Atomically save everything needed to continue at (stage, epoch); rewrite metrics (rank 0 only)."""
+        if not dist_info().is_main:
+            return
         save_checkpoint(self.out_dir / "checkpoint.pt", {
             "position": {"stage": stage, "epoch": epoch},
             "model_name": self.recipe.model.name,
@@ -108,11 +112,9 @@ STAGE_RUNNERS: Registry[StageRunner] = Registry("stage type")
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """'auto' picks CUDA when present (this rank's GPU under torchrun), else CPU."""
     try:
-        return torch.device(name)
+        return device_for_rank(name)
     except RuntimeError:
         raise ConfigError(f"device: '{name}' is not a torch device; use auto, cpu or cuda[:N].") from None
 
@@ -241,7 +243,10 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, data: DatasetSplits | None
                  progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or continue) every stage of `recipe` in `out_dir`; return the summary dict."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist_info().is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        log = lambda _: None  # noqa: E731  (only rank 0 reports)
     plan = plan_stages(recipe)
     ctx = build_context(recipe, out_dir, data, progress, log)
     position = {"stage": 0, "epoch": 0}
@@ -298,7 +303,8 @@ def summarize(ctx: RunContext) -> dict[str, Any]:
         summary["robustness"] = robustness_report(
             ctx.model, d.test_x[:n], d.test_y[:n], rob.eps, rob.steps, rob.step_size, rob.random_start,
             rob.noise_sigmas, rob.pixel_std, ctx.recipe.data.eval_batch_size, ctx.device, ctx.recipe.seed)
-    atomic_write_json(ctx.out_dir / "summary.json", summary)
+    if dist_info().is_main:
+        atomic_write_json(ctx.out_dir / "summary.json", summary)
     return summary
 
 
@@ -322,12 +328,14 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
     # with nothing half-written.
     plan_stages(recipe)
     probe = build_context(recipe, run_dir, data, progress, log)
-    check_output_dir(run_dir, probe.model, len(variants))
+    if dist_info().is_main:  # rank 0 writes every file; the others only compute
+        check_output_dir(run_dir, probe.model, len(variants))
+        atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
     del probe
-    atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
     results: dict[str, Any] = {}
     for variant, rec in variants:
         log(f"[{variant}] {rec.model.name} on {data.name}")
         results[variant] = run_pipeline(rec, run_dir / variant, data, resume, progress, log)
-    atomic_write_json(run_dir / "summary.json", results)
+    if dist_info().is_main:
+        atomic_write_json(run_dir / "summary.json", results)
     return results

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.registry import Registry
@@ -26,6 +26,13 @@ def _known(value: str, registry: Registry) -> str:
         raise ValueError(f"unknown {registry.kind} '{value}'.{did_you_mean(value, registry.names())} "
                          f"Allowed: {', '.join(registry.names())}")
     return value
+
+
+def _check_structure_options(section):
+    """Validator helper: build the granularity once so bad structure options fail at recipe load."""
+    from prunekit.structure import create_structure
+    create_structure(section.structure, reduce=section.reduce, **section.structure_options)
+    return section
 
 
 class Section(BaseModel):
@@ -56,6 +63,48 @@ class PrunableConfig(Section):
     last_layer: Literal["prune", "dense"] = "prune"
 
 
+class SparsifyConfig(Section):
+    """Mask updates during a train stage: gradual pruning (then frozen) or SET/RigL drop-and-regrow."""
+
+    method: Literal["gradual", "set", "rigl"] = "gradual"
+    sparsity: float = Field(0.9, ge=0, lt=1, description="target (gradual) or constant (set/rigl) sparsity")
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="gradual: sparsity at start_epoch (s0)")
+    start_epoch: float = Field(0.0, ge=0, description="first mask update (epochs into the stage)")
+    end_epoch: float | None = Field(None, ge=0, description="last mask update; the mask is frozen after it. "
+                                    "Default: 75% of the stage's epochs")
+    every: int = Field(100, ge=1, description="optimizer steps between mask updates (f)")
+    power: float = Field(3.0, gt=0, description="gradual: exponent of the polynomial schedule (3 = cubic)")
+    criterion: str = Field("magnitude", description="gradual: scoring criterion")
+    options: dict[str, Any] = Field(default_factory=dict, description="criterion options")
+    structure: str = "weight"
+    structure_options: dict[str, Any] = Field(default_factory=dict)
+    reduce: Literal["sum", "mean", "l2"] = "sum"
+    allocation: str = Field("global", description="gradual: global/uniform/erk; set/rigl: allocation of the initial random mask")
+    prevent_collapse: bool = False
+    drop_fraction: float = Field(0.3, gt=0, le=1, description="set/rigl: fraction of live weights dropped at step 0, cosine-decayed")
+    grad_batch_size: int = Field(256, gt=0, description="rigl: samples in the batch whose dense gradient ranks regrowth")
+
+    _structure_options = model_validator(mode="after")(_check_structure_options)
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        from prunekit.criteria import CRITERIA
+        return _known(v, CRITERIA)
+
+    @field_validator("allocation")
+    @classmethod
+    def _known_allocation(cls, v: str) -> str:
+        from prunekit.allocate import ALLOCATIONS
+        return _known(v, ALLOCATIONS)
+
+    @field_validator("structure")
+    @classmethod
+    def _known_structure(cls, v: str) -> str:
+        from prunekit.structure import STRUCTURES
+        return _known(v, STRUCTURES)
+
+
 class TrainConfig(Section):
     epochs: int = Field(8, ge=0)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -69,6 +118,8 @@ class TrainConfig(Section):
     gamma: float = Field(0.1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    amp: bool = Field(False, description="bfloat16 autocast for forward/backward (mixed precision)")
+    sparsify: SparsifyConfig | None = Field(None, description="mask updates during training (gradual / set / rigl)")
 
 
 class PruneConfig(Section):
@@ -77,6 +128,7 @@ class PruneConfig(Section):
     sparsity: float = Field(0.9, description="fraction of prunable weights removed, in [0, 1)")
     allocation: str = "global"
     structure: str = "weight"
+    structure_options: dict[str, Any] = Field(default_factory=dict, description="granularity options, e.g. {n: 2, m: 4}")
     reduce: Literal["sum", "mean", "l2"] = "sum"
     iterations: int | None = Field(None, ge=1, description="exponential schedule steps; default: the criterion's own")
     prevent_collapse: bool = False
@@ -99,6 +151,8 @@ class PruneConfig(Section):
         from prunekit.structure import STRUCTURES
         return _known(v, STRUCTURES)
 
+    _structure_options = model_validator(mode="after")(_check_structure_options)
+
     @field_validator("sparsity")
     @classmethod
     def _sparsity_range(cls, v: float) -> float:
@@ -107,12 +161,41 @@ class PruneConfig(Section):
         return v
 
 
+class RobustnessConfig(Section):
+    """Adversarial (FGSM, PGD L-inf) and Gaussian-noise accuracy, reported in the summary."""
+
+    eps: list[float] = Field(default_factory=lambda: [0.1], description="L-inf radii (normalized units unless pixel_std is set)")
+    steps: int = Field(10, ge=1, description="PGD iterations")
+    step_size: float | None = Field(None, gt=0, description="PGD step; default 2.5 * eps / steps")
+    random_start: bool = True
+    noise_sigmas: list[float] = Field(default_factory=lambda: [0.1], description="Gaussian noise std (same units as eps)")
+    pixel_std: float | None = Field(None, gt=0, description="if set, eps and sigmas are in [0, 1] pixel units and are "
+                                    "divided by this dataset std (e.g. 0.353 for Fashion-MNIST)")
+    limit: int | None = Field(None, ge=1, description="evaluate on the first N test samples only")
+
+
+class EvaluateConfig(Section):
+    robustness: RobustnessConfig | None = None
+
+
 class RewindConfig(Section):
-    to: Literal["init"] = "init"
+    """Reset weights (keeping masks): to their initial values, or to the snapshot the first train
+    stage saved after `epoch` epochs (lottery ticket with late rewinding, Frankle et al. 2020)."""
+
+    to: Literal["init", "epoch"] = "init"
+    epoch: int | None = Field(None, ge=1, description="with to: epoch, the epoch of the first train stage to rewind to")
+
+    @model_validator(mode="after")
+    def _epoch_given(self):
+        if self.to == "epoch" and self.epoch is None:
+            raise ValueError("rewind to: epoch needs `epoch: k` (k >= 1), the epoch of the first train stage")
+        if self.to == "init" and self.epoch is not None:
+            raise ValueError(f"rewind epoch: {self.epoch} is only used with to: epoch; drop it or set to: epoch")
+        return self
 
 
 class Recipe(Section):
-    name: str = "lenet5-magnitude-pai"
+    name: str | None = Field(None, description="run name; default: MODEL-CRITERION (or MODEL-dense)")
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs"
@@ -121,6 +204,7 @@ class Recipe(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     prunable: PrunableConfig = Field(default_factory=PrunableConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     stages: list[Any] = Field(default_factory=lambda: [{"prune": {}}, {"train": {}}])
 
 
@@ -232,7 +316,20 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, Recipe)) from None
     recipe.stages = parse_stages(recipe.stages, "stages", recipe)
+    if recipe.name is None:
+        recipe.name = f"{recipe.model.name}-{_first_criterion(recipe.stages) or 'dense'}"
     return recipe
+
+
+def _first_criterion(stages: list[dict[str, Any]]) -> str | None:
+    """The criterion of the first prune stage (searching inside `repeat`), for default names."""
+    for stage in stages:
+        (kind, settings), = stage.items()
+        if kind == "prune":
+            return settings.get("criterion", PruneConfig.model_fields["criterion"].default)
+        if kind == "repeat" and (found := _first_criterion(settings["stages"])):
+            return found
+    return None
 
 
 def resolve_stages(recipe: Recipe, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from prunekit.distributed import all_reduce_sum, info, shard, wrap_model
 from prunekit.errors import TrainingDiverged
 from prunekit.masks import MaskSet
 from prunekit.recipe import TrainConfig
@@ -82,18 +83,23 @@ def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000,
              device: torch.device | str = "cpu") -> dict[str, float]:
-    """Mean cross-entropy loss and top-1 accuracy of `model` on (x, y), in eval mode."""
+    """Mean cross-entropy loss and top-1 accuracy of `model` on (x, y), in eval mode.
+
+    Under torch.distributed each rank evaluates its shard and the sums are all-reduced,
+    so every rank returns the same numbers.
+    """
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
-    for xb, yb in batches(x, y, batch_size):
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
+    for xb, yb in batches(shard(x), shard(y), batch_size):
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         out = model(xb)
-        total_loss += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
+        sums[0] += nn.functional.cross_entropy(out.float(), yb, reduction="sum")
+        sums[1] += (out.argmax(1) == yb).sum()
+        sums[2] += len(yb)
     model.train(was_training)
-    n = max(1, len(x))
-    return {"loss": total_loss / n, "acc": correct / n}
+    loss, correct, n = all_reduce_sum(sums).tolist()
+    return {"loss": loss / max(1, n), "acc": correct / max(1, n)}
 
 
 class StepHook(Protocol):
@@ -108,6 +114,7 @@ class TrainLoop:
     def __init__(self, model: nn.Module, masks: MaskSet | None, cfg: TrainConfig, steps_per_epoch: int,
                  device: torch.device | str = "cpu", hooks: Sequence[StepHook] = ()):
         self.model, self.masks, self.cfg, self.device = model, masks, cfg, device
+        self.net = wrap_model(model, torch.device(device))  # DDP when distributed, else the model
         self.steps_per_epoch = steps_per_epoch
         self.optimizer = OPTIMIZERS.create(cfg.optimizer, model.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -126,11 +133,14 @@ class TrainLoop:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
         n_batches = math.ceil(len(x) / batch_size)
+        amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.cfg.amp)
         for xb, yb in tqdm(batches(x, y, batch_size, generator), total=n_batches, desc=desc, leave=False,
-                           disable=not progress, mininterval=1.0):
-            xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
-            out = self.model(xb)
-            loss = self.loss_fn(out, yb)
+                           disable=not progress or not info().is_main, mininterval=1.0):
+            # every rank draws the same global batch; each trains on its own shard of it
+            xb, yb = shard(xb).to(self.device, non_blocking=True), shard(yb).to(self.device, non_blocking=True)
+            with amp:
+                out = self.net(xb)
+                loss = self.loss_fn(out.float(), yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.masks is not None:
@@ -147,11 +157,13 @@ class TrainLoop:
             total_loss += loss.detach() * len(xb)
             correct += (out.detach().argmax(1) == yb).sum()
             seen += len(xb)
-        mean_loss = float(total_loss) / max(1, seen)
+        totals = all_reduce_sum(torch.stack([total_loss.double(), correct.double(),
+                                             torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
+        mean_loss, correct, seen = float(totals[0]) / max(1.0, float(totals[2])), int(totals[1]), int(totals[2])
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"training loss became {mean_loss} in epoch '{desc}'; lower the learning rate "
                                    f"(lr={self.cfg.lr}) or enable grad_clip.")
-        return {"train_loss": mean_loss, "train_acc": int(correct) / max(1, seen),
+        return {"train_loss": mean_loss, "train_acc": correct / max(1, seen),
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - start}
 
     def state_dict(self) -> dict:
