@@ -52,9 +52,8 @@ def bundled_recipes() -> list[str]:
 
 def recipe_data(source: str | None) -> dict[str, Any]:
     """The raw recipe dict from a path, a bundled recipe name, or the default (None)."""
-    import yaml
-
     from prunekit.errors import did_you_mean
+    from prunekit.recipe import read_recipe_yaml
 
     if source is None:
         return {}
@@ -64,13 +63,7 @@ def recipe_data(source: str | None) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe '{source}' is neither a file nor a bundled recipe."
                           f"{did_you_mean(source, bundled_recipes())} Bundled: {', '.join(bundled_recipes())}.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"recipe '{path}' is not valid YAML (plain data only, no tags): {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(data).__name__}.")
-    return data
+    return read_recipe_yaml(path)
 
 
 def _set_in_prune_stages(stages: list, key: str, value: Any) -> int:

@@ -295,8 +295,8 @@ def _owner_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a YAML recipe with the safe loader and validate it."""
+def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
+    """The raw mapping in a YAML recipe file, read with the safe loader (plain data only)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file '{path}' does not exist. Pass a YAML recipe path, or see `prunekit run --help`.")
@@ -306,7 +306,12 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ConfigError(f"recipe '{path}' is not valid YAML (only plain data is accepted, no tags): {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(data).__name__}.")
-    return recipe_from_dict(data)
+    return data
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a YAML recipe with the safe loader and validate it."""
+    return recipe_from_dict(read_recipe_yaml(path))
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
