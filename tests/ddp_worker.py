@@ -15,7 +15,8 @@ from prunekit.distributed import RankDivergence, init_from_env
 from prunekit.masks import MaskSet
 from prunekit.models import create_model
 from prunekit.pruning import compute_masks
-from prunekit.recipe import TrainConfig
+from prunekit.recipe import SparsifyConfig, TrainConfig
+from prunekit.schedules import SparsifyEnv, build_sparsify_hooks
 from prunekit.train import TrainLoop, epoch_generator
 
 
@@ -40,6 +41,17 @@ def main() -> None:
         loop = TrainLoop(model, masks, TrainConfig(epochs=1, lr=0.05), steps_per_epoch=4)
         loop.train_epoch(data.train_x, data.train_y, 100, epoch_generator(0, 0, 0), progress=False)
         record["weights-after-train"] = float(sum(p.detach().double().sum() for p in model.parameters()))
+        # during-training mask updates: a gradual magnitude step and RigL drop-and-regrow steps
+        for i, method in enumerate(("gradual", "rigl")):
+            cfg = SparsifyConfig(method=method, sparsity=0.8 if method == "gradual" else 0.85, every=1,
+                                 start_epoch=0, end_epoch=1)
+            env = SparsifyEnv(model, masks, data, torch.device("cpu"), seed=5 + i, steps_per_epoch=4, total_steps=4)
+            hooks = build_sparsify_hooks(cfg, env, epochs=1)
+            before = masks.checksum()
+            loop = TrainLoop(model, masks, TrainConfig(epochs=1, lr=0.05), steps_per_epoch=4, hooks=hooks)
+            loop.train_epoch(data.train_x, data.train_y, 100, epoch_generator(0, 1 + i, 0), progress=False)
+            record[f"after-{method}"] = masks.checksum()
+            record[f"{method}-changed-masks"] = record[f"after-{method}"] != before
     except RankDivergence as e:
         record["divergence"] = str(e)
     (out / f"rank{d.rank}.json").write_text(json.dumps(record))
