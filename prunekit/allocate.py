@@ -28,19 +28,43 @@ def select_top(scores: Tensor, sizes: Tensor, target: int) -> Tensor:
     """Keep the highest-scoring groups whose total size is closest to `target` weights.
 
     `scores` is 1-D (float64; -inf marks a dead group that must stay dead), `sizes` the
-    weights per group. Returns a bool vector. Stable sort: equal scores keep earlier groups.
+    weights per group. Returns a bool vector. Equal scores keep earlier groups first.
     """
+    n_alive = int(torch.isfinite(scores).sum())
+    if target <= 0:
+        return torch.zeros(len(scores), dtype=torch.bool)
+    if len(sizes) and bool((sizes == sizes[0]).all()):
+        return _select_top_equal(scores, int(sizes[0]), target, n_alive)
     order = torch.sort(scores, descending=True, stable=True).indices
     cum = torch.cumsum(sizes[order], 0)
-    n_alive = int(torch.isfinite(scores).sum())
     # Smallest prefix reaching the target, then step back one group if that lands closer.
     n = int(torch.searchsorted(cum, torch.tensor(target, dtype=cum.dtype))) + 1
     n = min(n, len(order))
     if n > 1 and abs(int(cum[n - 2]) - target) <= abs(int(cum[n - 1]) - target):
         n -= 1
-    n = min(max(n, 0 if target == 0 else 1), n_alive)
+    n = min(max(n, 1), n_alive)
     keep = torch.zeros(len(scores), dtype=torch.bool)
     keep[order[:n]] = True
+    return keep
+
+
+def _select_top_equal(scores: Tensor, size: int, target: int, n_alive: int) -> Tensor:
+    """`select_top` when every group has the same size: an O(n) threshold instead of a sort.
+
+    Iterative methods (SynFlow: 100 rounds) call this many times on every weight, so the
+    k-th value plus an index-ordered fill of the ties replaces a full stable sort with the
+    same result.
+    """
+    ceil = -(-target // size)
+    n = ceil - 1 if ceil > 1 and abs((ceil - 1) * size - target) <= abs(ceil * size - target) else ceil
+    n = 0 if target <= 0 else min(max(n, 1), n_alive)
+    keep = torch.zeros(len(scores), dtype=torch.bool)
+    if n == 0:
+        return keep
+    threshold = torch.kthvalue(scores, len(scores) - n + 1).values
+    keep |= scores > threshold
+    ties = torch.nonzero(scores == threshold).flatten()
+    keep[ties[: n - int(keep.sum())]] = True
     return keep
 
 

@@ -117,3 +117,26 @@ def test_non_finite_scores_are_rejected():
     scores["3.weight"][0, 0] = float("nan")
     with pytest.raises(Exception, match="NaN"):
         compute_masks(scores, ms, 0.5)
+
+
+def test_threshold_fast_path_equals_the_stable_sort():
+    from prunekit.allocate import _select_top_equal
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(1, 60, (1,), generator=g))
+        scores = torch.randint(0, 4, (n,), generator=g).double()  # many ties
+        scores[torch.rand(n, generator=g) < 0.2] = float("-inf")  # dead groups
+        size = int(torch.randint(1, 4, (1,), generator=g))
+        target = int(torch.randint(0, n * size + 1, (1,), generator=g))
+        n_alive = int(torch.isfinite(scores).sum())
+        # reference: the general sort path (sizes differ by nothing, but force it by a sentinel)
+        order = torch.sort(scores, descending=True, stable=True).indices
+        cum = torch.cumsum(torch.full((n,), size)[order], 0)
+        k = min(int(torch.searchsorted(cum, torch.tensor(target))) + 1, n)
+        if k > 1 and abs(int(cum[k - 2]) - target) <= abs(int(cum[k - 1]) - target):
+            k -= 1
+        k = 0 if target == 0 else min(max(k, 1), n_alive)
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[order[:k]] = True
+        assert torch.equal(_select_top_equal(scores, size, target, n_alive), expected), trial
