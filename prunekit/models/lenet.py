@@ -29,7 +29,7 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: tuple[int, i
     h, w = ((s - 4) // 2 for s in image_size)
     h, w = (h - 4) // 2, (w - 4) // 2
     if h < 1 or w < 1:
-        raise ConfigError(f"lenet5 needs images of at least 12x12, got image_size={tuple(image_size)}.")
+        raise ConfigError(f"lenet5 needs images of at least 16x16, got image_size={tuple(image_size)}.")
     return nn.Sequential(
         nn.Conv2d(in_channels, 20, 5),
         nn.ReLU(),
