@@ -1,0 +1,147 @@
+"""Granularities: N:M, block, window, kernel, window+kernel keep their shape invariants and exact counts."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.masks import MaskSet
+from prunekit.pruning import compute_masks
+from prunekit.structure import STRUCTURES, create_structure
+
+
+def convnet():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 8))
+
+
+def conv_masks():
+    return MaskSet.from_model(convnet(), types=["conv"])
+
+
+def magnitude(ms):
+    return {n: p.detach().abs() for n, p in ms.params.items()}
+
+
+def windows(m):
+    return m.reshape(m.shape[0] * m.shape[1], -1)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_nm_every_group_holds_exactly_n(allocation):
+    ms = MaskSet.from_model(convnet())  # conv in=4/8 and linear in=256: all multiples of 4
+    new = compute_masks(magnitude(ms), ms, 0.5, allocation, create_structure("nm", n=2, m=4))
+    for m in new.values():
+        groups = m.reshape(m.shape[0], m.shape[1], -1).permute(0, 2, 1).reshape(-1, 4)
+        assert torch.all(groups.sum(1) == 2)
+    # and within each group the kept ones are the two largest magnitudes
+    w = ms.params["0.weight"].detach().abs()
+    g = w.permute(0, 2, 3, 1).reshape(-1, 4)
+    k = new["0.weight"].permute(0, 2, 3, 1).reshape(-1, 4)
+    assert torch.all(g[k == 1].reshape(-1, 2).min(1).values >= g[k == 0].reshape(-1, 2).max(1).values)
+
+
+def test_nm_1_of_4_and_density_below_pattern_is_an_error():
+    ms = MaskSet.from_model(convnet())
+    new = compute_masks(magnitude(ms), ms, 0.25, "global", create_structure("nm", n=1, m=4))
+    assert sum(int(m.sum()) for m in new.values()) == ms.numel() // 4
+    with pytest.raises(ConfigError, match="sparsity: 0.5"):
+        compute_masks(magnitude(ms), ms, 0.3, "global", create_structure("nm", n=2, m=4))
+
+
+def test_nm_on_indivisible_input_is_a_clear_error():
+    ms = MaskSet.from_model(nn.Sequential(nn.Conv2d(3, 8, 3)))
+    with pytest.raises(ConfigError, match="multiple of 4.*dense"):
+        compute_masks(magnitude(ms), ms, 0.5, "global", "nm")
+
+
+@pytest.mark.parametrize("shape", [(4, 1), (1, 4), (2, 2)])
+def test_block_masks_are_whole_blocks(shape):
+    ms = conv_masks()
+    new = compute_masks(magnitude(ms), ms, 0.3, "global", create_structure("block", shape=list(shape)))
+    bo, bi = shape
+    for m in new.values():
+        o, i = m.shape[:2]
+        s = m.reshape(o, i, -1).permute(2, 0, 1).reshape(-1, o // bo, bo, i // bi, bi).sum((2, 4))
+        assert torch.all((s == 0) | (s == bo * bi))
+    kept = sum(int(m.sum()) for m in new.values())
+    assert abs(kept - round(ms.numel() * 0.3)) <= shape[0] * shape[1]
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.1])
+def test_window_every_kernel_holds_at_most_its_share_and_total_is_exact(density):
+    ms = conv_masks()
+    new = compute_masks(magnitude(ms), ms, density, "global", "window")
+    cap = math.ceil(9 * density)
+    for m in new.values():
+        assert windows(m).sum(1).max() <= cap
+    assert sum(int(m.sum()) for m in new.values()) == round(ms.numel() * density)
+
+
+def test_window_with_explicit_m():
+    ms = conv_masks()
+    new = compute_masks(magnitude(ms), ms, 2 / 9, "uniform", create_structure("window", m=2))
+    for m in new.values():
+        assert windows(m).sum(1).max() <= 2
+    # the window keeps its largest weights
+    w = windows(ms.params["2.weight"].detach().abs())
+    k = windows(new["2.weight"])
+    for row, keep in zip(w, k):
+        if keep.sum() > 0 and keep.sum() < 9:
+            assert row[keep == 1].min() >= row[keep == 0].max()
+
+
+def test_kernel_removes_whole_kernels_ranked_by_norm():
+    ms = conv_masks()
+    new = compute_masks(magnitude(ms), ms, 0.4, "uniform", create_structure("kernel", reduce="l2"))
+    for name, m in new.items():
+        s = windows(m).sum(1)
+        assert torch.all((s == 0) | (s == 9))
+        norms = windows(ms.params[name].detach()).norm(dim=1)
+        assert norms[s == 9].min() >= norms[s == 0].max()
+        assert int((s == 9).sum()) == round(len(s) * 0.4)
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3])
+def test_window_kernel_combines_both(density):
+    ms = conv_masks()
+    struct = create_structure("window_kernel", reduce="l2")
+    new = compute_masks(magnitude(ms), ms, density, "global", struct)
+    cap = math.ceil(9 * density / density**0.5)
+    n_kernels = sum(windows(m).shape[0] for m in new.values())
+    kept_kernels = sum(int((windows(m).sum(1) > 0).sum()) for m in new.values())
+    assert abs(kept_kernels - round(n_kernels * density**0.5)) <= 1
+    for m in new.values():
+        assert windows(m).sum(1).max() <= cap
+    assert abs(sum(int(m.sum()) for m in new.values()) - round(ms.numel() * density)) <= cap
+
+
+@pytest.mark.parametrize("name", ["window", "kernel", "window_kernel"])
+def test_kernel_granularities_on_linear_error_or_fall_back(name):
+    ms = MaskSet.from_model(convnet())
+    with pytest.raises(ConfigError, match="linear layer has no kernels"):
+        compute_masks(magnitude(ms), ms, 0.5, "global", name)
+    new = compute_masks(magnitude(ms), ms, 0.5, "uniform", create_structure(name, linear="weight"))
+    assert int(new["5.weight"].sum()) == pytest.approx(new["5.weight"].numel() * 0.5, abs=1)
+
+
+@pytest.mark.parametrize("name", sorted(set(STRUCTURES.names()) - {"n:m", "window+kernel", "filter", "unstructured"}))
+def test_every_structure_only_removes_and_never_revives(name):
+    ms = conv_masks()
+    opts = {"shape": [2, 2]} if name == "block" else {}
+    struct = create_structure(name, **opts)
+    previous = {n: m.clone() for n, m in ms.masks.items()}
+    g = torch.Generator().manual_seed(1)
+    for density in (0.75, 0.5):
+        scores = {n: torch.rand(p.shape, generator=g) for n, p in ms.params.items()}
+        ms.set(compute_masks(scores, ms, density, "global", struct))
+        for n in ms.names:
+            assert torch.all(ms.masks[n] <= previous[n])
+        previous = {n: m.clone() for n, m in ms.masks.items()}
+
+
+def test_unknown_structure_option_is_a_clear_error():
+    with pytest.raises(ConfigError, match="no option 'mm'.*Did you mean 'm'"):
+        create_structure("window", mm=2)
