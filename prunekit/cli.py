@@ -66,25 +66,9 @@ def recipe_data(source: str | None) -> dict[str, Any]:
     return read_recipe_yaml(path)
 
 
-def _set_in_prune_stages(stages: list, key: str, value: Any) -> int:
-    count = 0
-    for i, stage in enumerate(stages):
-        if isinstance(stage, str):
-            stage = stages[i] = {stage: {}}
-        (kind, settings), = stage.items()
-        if settings is None:
-            settings = stage[kind] = {}
-        if kind == "prune":
-            settings[key] = value
-            count += 1
-        elif kind == "repeat":
-            count += _set_in_prune_stages(settings.setdefault("stages", []), key, value)
-    return count
-
-
 def apply_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Write every shortcut flag the user gave into the recipe dict at its key."""
-    from prunekit.recipe import Recipe
+    from prunekit.recipe import Recipe, prune_stage_settings
 
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
@@ -92,7 +76,10 @@ def apply_flags(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
             continue
         if key.startswith("*prune*."):
             stages = data.setdefault("stages", Recipe.model_fields["stages"].default_factory())
-            if _set_in_prune_stages(stages, key.split(".", 1)[1], value) == 0:
+            targets = prune_stage_settings(stages)
+            for settings in targets:
+                settings[key.split(".", 1)[1]] = value
+            if not targets:
                 raise ConfigError(f"--{flag.replace('_', '-')} was given but the recipe has no prune stage.")
         else:
             node = data

@@ -63,7 +63,31 @@ class PrunableConfig(Section):
     last_layer: Literal["prune", "dense"] = "prune"
 
 
-class SparsifyConfig(Section):
+class ScoringAxes(Section):
+    """Validators shared by every section that scores and masks: names must be registered."""
+
+    @field_validator("criterion", check_fields=False)
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        from prunekit.criteria import CRITERIA
+        return _known(v, CRITERIA)
+
+    @field_validator("allocation", check_fields=False)
+    @classmethod
+    def _known_allocation(cls, v: str) -> str:
+        from prunekit.allocate import ALLOCATIONS
+        return _known(v, ALLOCATIONS)
+
+    @field_validator("structure", check_fields=False)
+    @classmethod
+    def _known_structure(cls, v: str) -> str:
+        from prunekit.structure import STRUCTURES
+        return _known(v, STRUCTURES)
+
+    _structure_options = model_validator(mode="after")(_check_structure_options)
+
+
+class SparsifyConfig(ScoringAxes):
     """Mask updates during a train stage: gradual pruning (then frozen) or SET/RigL drop-and-regrow."""
 
     method: Literal["gradual", "set", "rigl"] = "gradual"
@@ -84,26 +108,6 @@ class SparsifyConfig(Section):
     drop_fraction: float = Field(0.3, gt=0, le=1, description="set/rigl: fraction of live weights dropped at step 0, cosine-decayed")
     grad_batch_size: int = Field(256, gt=0, description="rigl: samples in the batch whose dense gradient ranks regrowth")
 
-    _structure_options = model_validator(mode="after")(_check_structure_options)
-
-    @field_validator("criterion")
-    @classmethod
-    def _known_criterion(cls, v: str) -> str:
-        from prunekit.criteria import CRITERIA
-        return _known(v, CRITERIA)
-
-    @field_validator("allocation")
-    @classmethod
-    def _known_allocation(cls, v: str) -> str:
-        from prunekit.allocate import ALLOCATIONS
-        return _known(v, ALLOCATIONS)
-
-    @field_validator("structure")
-    @classmethod
-    def _known_structure(cls, v: str) -> str:
-        from prunekit.structure import STRUCTURES
-        return _known(v, STRUCTURES)
-
 
 class TrainConfig(Section):
     epochs: int = Field(8, ge=0)
@@ -122,7 +126,7 @@ class TrainConfig(Section):
     sparsify: SparsifyConfig | None = Field(None, description="mask updates during training (gradual / set / rigl)")
 
 
-class PruneConfig(Section):
+class PruneConfig(ScoringAxes):
     criterion: str = "magnitude"
     options: dict[str, Any] = Field(default_factory=dict, description="criterion options")
     sparsity: float = Field(0.9, description="fraction of prunable weights removed, in [0, 1)")
@@ -132,26 +136,6 @@ class PruneConfig(Section):
     reduce: Literal["sum", "mean", "l2"] = "sum"
     iterations: int | None = Field(None, ge=1, description="exponential schedule steps; default: the criterion's own")
     prevent_collapse: bool = False
-
-    @field_validator("criterion")
-    @classmethod
-    def _known_criterion(cls, v: str) -> str:
-        from prunekit.criteria import CRITERIA
-        return _known(v, CRITERIA)
-
-    @field_validator("allocation")
-    @classmethod
-    def _known_allocation(cls, v: str) -> str:
-        from prunekit.allocate import ALLOCATIONS
-        return _known(v, ALLOCATIONS)
-
-    @field_validator("structure")
-    @classmethod
-    def _known_structure(cls, v: str) -> str:
-        from prunekit.structure import STRUCTURES
-        return _known(v, STRUCTURES)
-
-    _structure_options = model_validator(mode="after")(_check_structure_options)
 
     @field_validator("sparsity")
     @classmethod
@@ -221,6 +205,25 @@ class RepeatConfig(Section):
 
 
 STAGE_CONFIGS.register("repeat")(RepeatConfig)
+
+
+def prune_stage_settings(stages: list) -> list[dict[str, Any]]:
+    """Every prune stage's (mutable) settings dict in a raw stage list, `repeat` bodies included.
+
+    Bare names (`- prune`) and empty settings are normalized in place so callers can set keys.
+    """
+    found = []
+    for i, stage in enumerate(stages):
+        if isinstance(stage, str):
+            stage = stages[i] = {stage: {}}
+        (kind, settings), = stage.items()
+        if settings is None:
+            settings = stage[kind] = {}
+        if kind == "prune":
+            found.append(settings)
+        elif kind == "repeat":
+            found.extend(prune_stage_settings(settings.setdefault("stages", [])))
+    return found
 
 
 def load_stage_plugins() -> None:

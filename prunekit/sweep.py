@@ -27,6 +27,7 @@ from typing import Any, Callable
 from prunekit.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from prunekit.cli import COMMANDS, apply_flags, recipe_data
 from prunekit.errors import ConfigError
+from prunekit.recipe import prune_stage_settings
 
 RESULT_FIELDS = ["method", "sparsity", "seed", "test_acc", "params_nonzero", "params_total", "dense_macs",
                  "sparse_macs", "scoring_time_s", "train_time_s", "collapsed", "prunable_kept", "prunable_params"]
@@ -75,22 +76,6 @@ class SweepSpec:
                 [Cell(m, sp, s) for m in self.methods for sp in self.sparsities]]
 
 
-def _prune_stages(stages: list) -> list[dict]:
-    """Every prune-stage settings dict in a stage list, `repeat` bodies included."""
-    found = []
-    for i, stage in enumerate(stages):
-        if isinstance(stage, str):
-            stage = stages[i] = {stage: {}}
-        (kind, settings), = stage.items()
-        if settings is None:
-            settings = stage[kind] = {}
-        if kind == "prune":
-            found.append(settings)
-        elif kind == "repeat":
-            found.extend(_prune_stages(settings.setdefault("stages", [])))
-    return found
-
-
 def cell_recipe(spec: SweepSpec, cell: Cell):
     """The validated recipe of one cell (prune stages set to its method/sparsity; dense: first train)."""
     from prunekit.pipeline import baseline_recipe
@@ -101,7 +86,7 @@ def cell_recipe(spec: SweepSpec, cell: Cell):
     data.setdefault("stages", [{"prune": {}}, {"train": {}}])
     if cell.method == DENSE:
         return baseline_recipe(recipe_from_dict(data))
-    prunes = _prune_stages(data["stages"])
+    prunes = prune_stage_settings(data["stages"])
     if not prunes:
         raise ConfigError("the sweep's recipe has no prune stage to vary; use stages such as "
                           "[{prune: {}}, {train: {}}] (pruning at initialization, the default).")
@@ -373,7 +358,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     data = apply_overrides(apply_flags(data, args), args.set)
     if args.prevent_collapse is not None:
         data.setdefault("stages", [{"prune": {}}, {"train": {}}])
-        for settings in _prune_stages(data["stages"]):
+        for settings in prune_stage_settings(data["stages"]):
             settings["prevent_collapse"] = args.prevent_collapse
     return SweepSpec(data, list(dict.fromkeys(args.methods)), list(dict.fromkeys(args.sparsities)),
                      list(dict.fromkeys(args.seeds)), _method_options(args.option, args.methods), args.dense)
