@@ -32,7 +32,26 @@ def print_summary(results: dict[str, dict[str, Any]], title: str = "results") ->
             f"{human(s['params_nonzero'])}/{human(s['params_total'])}",
             f"{human(s['sparse_macs'])}/{human(s['dense_macs'])}",
             f"{s['train_time_s']:.1f}", f"{s['scoring_time_s']:.2f}")
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    robust = {v: s["robustness"] for v, s in results.items() if s.get("robustness")}
+    if robust:
+        console.print(robustness_table(robust))
+
+
+def robustness_table(reports: dict[str, dict]) -> Table:
+    """Clean / FGSM / PGD / noise accuracy per variant, one column per attack and radius."""
+    first = next(iter(reports.values()))
+    cols = [(kind, r) for kind in ("fgsm", "pgd", "noise") for r in first.get(kind, {})]
+    table = Table(title=f"robustness ({first.get('units', 'normalized')} units, n={first.get('n')})")
+    table.add_column("variant")
+    table.add_column("clean", justify="right")
+    for kind, r in cols:
+        table.add_column(f"{kind} {r}", justify="right")
+    for variant, rep in reports.items():
+        table.add_row(variant, f"{100 * rep['clean']:.2f}%",
+                      *(f"{100 * rep[kind][r]:.2f}%" if r in rep.get(kind, {}) else "-" for kind, r in cols))
+    return table
 
 
 def print_model_info(name: str, input_shape: tuple[int, int, int], num_classes: int) -> None:

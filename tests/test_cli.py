@@ -72,3 +72,14 @@ def test_info_lists_layers_and_registries(capsys):
     assert main(["info", "--list"]) == 0
     out = capsys.readouterr().out
     assert "lenet5" in out and "magnitude" in out
+
+
+def test_summary_prints_robustness_when_measured(capsys):
+    from prunekit.report_table import print_summary
+
+    base = {"test_acc": 0.9, "sparsity": 0.5, "params_nonzero": 10, "params_total": 20, "sparse_macs": 5,
+            "dense_macs": 10, "train_time_s": 1.0, "scoring_time_s": 0.1}
+    rob = {"units": "pixel", "n": 100, "clean": 0.9, "fgsm": {"0.05": 0.4}, "pgd": {"0.05": 0.25}, "noise": {"0.1": 0.85}}
+    print_summary({"pruned": {**base, "robustness": rob}, "dense": {**base, "robustness": {**rob, "clean": 0.95}}})
+    out = capsys.readouterr().out
+    assert "pgd 0.05" in out and "25.00%" in out and "95.00%" in out and "pixel units" in out
