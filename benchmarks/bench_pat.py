@@ -249,10 +249,11 @@ def phase_report(res: dict) -> None:
              f"Machine: {platform.processor() or platform.machine()}, 2 CPU cores shared with other jobs, torch "
              f"{torch.__version__}, {THREADS} intra-op thread for every latency figure. Seeds 0. Latency: the lowest "
              "of 5 round medians, rounds alternating (dense, pruned, dense, ...), each round the median of 10 timed "
-             "forwards after 2 warm-up forwards, eval mode, no_grad, zeros input 1x28x28. The machine was shared while these "
-             "figures were taken (load average 11-15 on the 2 cores from other jobs), so absolute times are "
-             "several times those of an idle machine and latency ratios carry roughly +-0.1 of noise "
-             "(repeat runs of the same pair differed by that much).",
+             "forwards after 2 warm-up forwards, eval mode, no_grad, zeros input 1x28x28. The speed table was measured "
+             "with the machine otherwise idle (load average about 2); the greedy-time and quality figures were taken "
+             "while other jobs shared the 2 cores (load average 11-15), so their absolute times are several times "
+             "those of an idle machine. Latency ratios carry roughly +-0.1 of noise (repeat runs of the same pair "
+             "differed by that much).",
              "Commands: `python benchmarks/pat_base_train.py resnet20 2`, then `python benchmarks/bench_pat.py "
              "speed|greedy-time|quality|report`.", ""]
     sp = json.loads(SPEED.read_text()).get("speed", {}) if SPEED.exists() else {}
