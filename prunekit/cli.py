@@ -121,7 +121,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a recipe and print the pruned-vs-dense table."""
-    from prunekit.distributed import broadcast_object, init_from_env
+    from prunekit.distributed import broadcast_object, init_from_env, leave_group
     from prunekit.pipeline import run_recipe
     from prunekit.recipe import load_recipe, recipe_to_yaml
     from prunekit.report_table import print_summary
@@ -142,14 +142,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet = args.quiet or not d.is_main
     log = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
     log(f"prunekit run -> {run_dir}" + (f" ({d.world_size} ranks)" if d.enabled else ""))
-    results = run_recipe(recipe, run_dir, resume=bool(args.resume), progress=not quiet, log=log)
+    try:
+        results = run_recipe(recipe, run_dir, resume=bool(args.resume), progress=not quiet, log=log)
+    finally:
+        leave_group()  # also on errors: exiting with gloo threads alive can abort the process
     if d.is_main:
         print_summary(results, title=f"{recipe.name}: {recipe.model.name} on {results['pruned']['dataset']}")
         print(f"results: {run_dir}/summary.json")
-    if d.enabled:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
     return 0
 
 

@@ -83,6 +83,12 @@ def broadcast_object(obj):
     return box[0]
 
 
+def leave_group() -> None:
+    """Destroy the process group if this process joined one (no-op otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every rank (no-op for one process)."""
     if info().enabled:

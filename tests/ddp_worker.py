@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed
 
 from prunekit.criteria import CRITERIA, ScoringContext, create_criterion
 from prunekit.data import load_dataset
@@ -55,6 +56,9 @@ def main() -> None:
     except RankDivergence as e:
         record["divergence"] = str(e)
     (out / f"rank{d.rank}.json").write_text(json.dumps(record))
+    # Leave the group cleanly: exiting with gloo threads alive can abort the process.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
