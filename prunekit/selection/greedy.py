@@ -189,24 +189,23 @@ def _channel_view(alpha: Tensor, like: Tensor) -> Tensor:
     return alpha.view(*alpha.shape, *([1] * extra))
 
 
-def _descendants(node: fx.Node) -> set[fx.Node]:
-    seen, stack = set(), list(node.users)
+def _reachable(start, step) -> set[fx.Node]:
+    """Every node reached from `start` by repeatedly following `step(node)` edges."""
+    seen, stack = set(), list(start)
     while stack:
         n = stack.pop()
         if n not in seen:
             seen.add(n)
-            stack.extend(n.users)
+            stack.extend(step(n))
     return seen
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    return _reachable(node.users, lambda n: n.users)
 
 
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
-    seen, stack = set(), [a for n in nodes for a in n.all_input_nodes]
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-    return seen
+    return _reachable((a for n in nodes for a in n.all_input_nodes), lambda n: n.all_input_nodes)
 
 
 # -- which layers, and how many channels each ------------------------------------------------
