@@ -155,8 +155,9 @@ def cmd_overlap(args) -> None:
 
 def cmd_report(args) -> None:
     lines = ["## Pruning at initialization (GraSP, SNIP, SynFlow, magnitude, random)", ""]
-    lines += [f"Machine: shared 2-core CPU (other developers' jobs ran at the same time, load average 5-14), "
-              f"torch {torch.__version__}, Python {platform.python_version()}, OMP_NUM_THREADS=1.", ""]
+    lines += [f"Machine: 2-core CPU, torch {torch.__version__}, Python {platform.python_version()}. Thread "
+              "settings and machine load are stated with each command: accuracies do not depend on them, "
+              "times do.", ""]
     for sweep in map(Path, args.sweeps):
         spec = json.loads((sweep / "sweep.json").read_text())
         rec = spec["recipe"]

@@ -171,7 +171,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         from prunekit.structure import STRUCTURES
 
         for reg in (MODELS, CRITERIA, STRUCTURES, ALLOCATIONS, DATASETS):
-            print(f"{reg.kind}s: {', '.join(reg.names())}")
+            print(f"{reg.kind}: {', '.join(reg.names())}")
         print(f"bundled recipes: {', '.join(bundled_recipes())}")
         return 0
     try:
