@@ -38,6 +38,8 @@ from prunekit.train import TrainLoop, epoch_generator
 RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "campfire_runs"
 SEED = 0
+#: the dataset every part reads; --dataset embedded gives the quick setting of `prunekit bench quick`
+DATASET = {"name": "fashion-mnist"}
 OVERHEAD_SAMPLES = 10000  # class-balanced Fashion-MNIST training subset per overhead epoch
 ROBUST = {"eps": [0.02, 0.05], "steps": 10, "noise_sigmas": [0.1], "pixel_std": 0.353, "limit": 1000}
 
@@ -109,7 +111,7 @@ def overhead(repeats: int = 4) -> None:
     machine) per epoch, and the time spent inside the hook itself.
     """
     out = RUNS / "overhead.json"
-    data = load_dataset("fashion-mnist", limit_train=OVERHEAD_SAMPLES)
+    data = load_dataset(DATASET["name"], limit_train=OVERHEAD_SAMPLES)
     steps = -(-len(data.train_x) // 128)
     cfg = TrainConfig(epochs=1, lr=0.05, schedule="cosine")
     times = {"masked": [], "gradual": []}
@@ -181,7 +183,9 @@ def report() -> None:
              "attack iterate are classified correctly. `MACs` = sparse/dense MACs, i.e. the work left on an "
              "accelerator that skips zero weights. `train s` = wall seconds of training; other jobs shared the "
              "2 cores and their load varied, so it is not comparable across rows.", ""]
-    for model, note in (("lenet5", "LeNet-5, full Fashion-MNIST (60k train / 10k test)"),
+    lenet_note = ("LeNet-5, full Fashion-MNIST (60k train / 10k test)" if DATASET["name"] == "fashion-mnist"
+                  else f"LeNet-5, dataset '{DATASET['name']}' (a quick setting, not the published table)")
+    for model, note in (("lenet5", lenet_note),
                         ("resnet20", "ResNet-20 at width 0.5, REDUCED: class-balanced 6k-image training subset "
                                      "of Fashion-MNIST (600 per class), full 10k test set")):
         runs = sorted((json.loads(p.read_text()) for p in RUNS.glob(f"{model}_*.json")),
@@ -224,7 +228,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--reverse", action="store_true", help="walk the grid from its end (a second worker)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: the shared machine is oversubscribed)")
+    ap.add_argument("--dataset", default="fashion-mnist", help="embedded: the quick setting (no download, minutes)")
     args = ap.parse_args()
+    DATASET["name"] = args.dataset
+    for settings in SETTINGS.values():
+        settings["data"]["name"] = args.dataset
     torch.set_num_threads(args.threads)
     RUNS.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, argv {sys.argv}", flush=True)

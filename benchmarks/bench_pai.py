@@ -156,8 +156,8 @@ def cmd_overlap(args) -> None:
 def cmd_report(args) -> None:
     lines = ["## Pruning at initialization (GraSP, SNIP, SynFlow, magnitude, random)", ""]
     lines += [f"Machine: 2-core CPU, torch {torch.__version__}, Python {platform.python_version()}. Thread "
-              "settings and machine load are stated with each command: accuracies do not depend on them, "
-              "times do.", ""]
+              "settings and machine load are stated with each command: they change times, and accuracies only "
+              "through floating-point summation order.", ""]
     for sweep in map(Path, args.sweeps):
         spec = json.loads((sweep / "sweep.json").read_text())
         rec = spec["recipe"]
@@ -168,7 +168,7 @@ def cmd_report(args) -> None:
             if (sweep / src).exists():
                 shutil.copyfile(sweep / src, RESULTS / dst)
         lines += [f"### {rec.get('model', {}).get('name')} on full Fashion-MNIST (60k train / 10k test)", "",
-                  f"Command: `{args.commands.get(name, '(see runs/bench-pai/run.sh)')}`  ",
+                  f"Command: {args.commands.get(name, '(see runs/bench-pai/run.sh)')}  ",
                   f"Seeds planned {spec['seeds']}; methods {', '.join(spec['methods'])}; sparsities "
                   f"{', '.join(f'{100 * s:g}%' for s in spec['sparsities'])}. Each cell: prune at init (global "
                   "allocation, defaults: SNIP 128-sample batch, GraSP T=200 and 10 samples/class, SynFlow 100 "
@@ -239,7 +239,8 @@ def main() -> None:
     o.add_argument("--threads", type=int, default=1)
     r = sub.add_parser("report")
     r.add_argument("sweeps", nargs="+")
-    r.add_argument("--commands", type=json.loads, default={}, help='JSON {sweep dir name: command}')
+    r.add_argument("--commands", type=json.loads, default={},
+                   help='JSON {sweep dir name: markdown with the `command` and its threads/load}')
     r.add_argument("--notes", type=Path, help="markdown appended at the end (observations)")
     args = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)

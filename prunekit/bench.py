@@ -84,9 +84,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     # Pruning after training needs a trained ResNet-20 (cached, resumable), then runs its phases; full data only.
     "pat": Benchmark("benchmarks/bench_pat.py", None, (
         ("benchmarks/pat_base_train.py", "resnet20", "2"), ("speed",), ("greedy-time",), ("quality",), ("report",))),
-    # Campfire has no small setting (full Fashion-MNIST only) and runs in resumable parts, report last.
-    "campfire": Benchmark("benchmarks/bench_campfire.py", None, (
-        ("--part", "lenet5", "--epochs", "5"), ("--part", "resnet20", "--epochs", "4"), ("--part", "overhead"),
+    # Campfire runs in resumable parts, report last; quick = LeNet-5 for 1 epoch on the embedded data.
+    "campfire": Benchmark("benchmarks/bench_campfire.py", (
+        ("--part", "lenet5", "--epochs", "1", "--dataset", "embedded"), ("--part", "report", "--dataset", "embedded")), (
+        ("--part", "lenet5", "--epochs", "3"), ("--part", "resnet20", "--epochs", "2"), ("--part", "overhead"),
         ("--part", "report"))),
     "overhead": Benchmark("benchmarks/bench_overhead.py", once("--models", "lenet5", "--steps", "10", "--repeats", "3",
                                                                "--out", "{out}"), once("--out", "{out}")),
