@@ -33,6 +33,7 @@ from prunekit.masks import MaskSet
 from prunekit.models import create_model
 from prunekit.pipeline import prune_densities
 from prunekit.pruning import compute_masks
+from prunekit.train import masked_update
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("random", "magnitude", "snip", "grasp", "synflow")
@@ -54,12 +55,7 @@ def train_step_time(model, masks, x, y) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     t0 = time.perf_counter()
-    loss = nn.functional.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    masks.mask_grads()
-    opt.step()
-    masks.apply()
+    masked_update(nn.functional.cross_entropy(model(x), y), opt, masks)
     return time.perf_counter() - t0
 
 

@@ -102,6 +102,24 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000,
     return {"loss": loss / max(1, n), "acc": correct / max(1, n)}
 
 
+def masked_update(loss: Tensor, optimizer: torch.optim.Optimizer, masks: MaskSet | None,
+                  grad_clip: float | None = None) -> None:
+    """One optimizer step that keeps pruned weights at exactly zero.
+
+    Gradients are masked after backward (so clipping and Adam statistics see the sparse
+    gradient) and weights after the step (so momentum and weight decay cannot revive them).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if masks is not None:
+        masks.mask_grads()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    if masks is not None:
+        masks.apply()
+
+
 class StepHook(Protocol):
     """Called after every optimizer step; may change masks (gradual pruning, SET/RigL)."""
 
@@ -141,16 +159,8 @@ class TrainLoop:
             with amp:
                 out = self.net(xb)
                 loss = self.loss_fn(out.float(), yb)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.masks is not None:
-                self.masks.mask_grads()
-            if self.cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
+            masked_update(loss, self.optimizer, self.masks, self.cfg.grad_clip)
             self.scheduler.step()
-            if self.masks is not None:
-                self.masks.apply()
             self.step += 1
             for hook in self.hooks:
                 hook(self, self.step)

@@ -54,6 +54,7 @@ from prunekit.errors import ConfigError
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops
 from prunekit.surgery import ChannelChain, NORMS, channel_chains, dead_channels, output_layers, silence_dead_channels, trace
+from prunekit.train import masked_update
 
 
 @dataclass
@@ -296,12 +297,7 @@ def _finetune(model: nn.Module, masks: MaskSet, batches: _Batches, steps: int, l
     for _ in range(steps):
         x, y = batches.next()
         with torch.enable_grad():
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        masks.mask_grads()
-        opt.step()
-        masks.apply()
+            masked_update(nn.functional.cross_entropy(model(x), y), opt, masks)
     model.eval()
 
 
