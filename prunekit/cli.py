@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 bad input (a clear message names the value and the fix)
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 import traceback
@@ -100,7 +101,7 @@ def build_recipe(args: argparse.Namespace):
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML path or bundled recipe name "
-                   f"({', '.join(bundled_recipes()) or 'none'}); default: LeNet-5, magnitude at init, 90%% sparsity")
+                   f"({', '.join(bundled_recipes()) or 'none'}); default: LeNet-5, GraSP at init, 98%% sparsity")
     g = p.add_argument_group("shortcuts (each sets one recipe key)")
     for flag, key in FLAG_KEYS.items():
         kw: dict[str, Any] = {"default": None, "help": f"sets {key.replace('*prune*', 'every prune stage')}"}
@@ -149,7 +150,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     if d.is_main:
         print_summary(results, title=f"{recipe.name}: {recipe.model.name} on {results['pruned']['dataset']}")
         print(f"results: {run_dir}/summary.json")
+        if not quiet:
+            print(next_steps(args, recipe, run_dir, results))
     return 0
+
+
+#: the pruning-at-init methods a newcomer compares side by side (the sweep's defaults, GraSP first).
+COMPARED_METHODS = ("grasp", "snip", "synflow", "magnitude", "random")
+
+
+def next_steps(args: argparse.Namespace, recipe, run_dir: Path, results: dict[str, Any]) -> str:
+    """The two commands to try after a run: the sweep beside the other PaI methods, and the report."""
+    from prunekit.recipe import prune_stage_settings
+
+    lines = ["", "next:"]
+    prunes = prune_stage_settings([dict(s) for s in recipe.stages])
+    if prunes and not args.resume:
+        sparsity = prunes[0].get("sparsity", 0.9)
+        # Same recipe source and shortcut flags as this run, so cell (method, sparsity, seed)
+        # of the sweep repeats this run exactly; --method is what the sweep varies.
+        from prunekit.sweep import SWEEP_FLAGS
+
+        flags = [args.recipe] if args.recipe else []
+        for flag, key in FLAG_KEYS.items():
+            value = getattr(args, flag, None)
+            if value is None or flag in ("method", "sparsity", "seed", "name", "baseline", "output_dir"):
+                continue  # varied by the sweep, or not part of what a cell trains
+            if flag in SWEEP_FLAGS:
+                flags += [f"--{flag.replace('_', '-')}", str(value)]
+            else:
+                flags += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+        for item in args.set or []:
+            flags += ["--set", item]
+        cells = len(COMPARED_METHODS) + 1
+        minutes = cells * results["pruned"].get("train_time_s", 0) / 60
+        lines += [f"  put it beside SNIP, SynFlow, magnitude and random on the same data "
+                  f"({cells} runs, about {max(1, round(minutes))} min):",
+                  "    prunekit sweep " + shlex.join([*flags, "--methods", ",".join(COMPARED_METHODS),
+                                                    "--sparsities", f"{sparsity:g}", "--seeds", str(recipe.seed)])]
+    lines += ["  plots (accuracy, per-layer density, training curves) and an HTML page of this run:",
+              f"    prunekit report {run_dir}"]
+    return "\n".join(lines)
 
 
 def _add_info_args(p: argparse.ArgumentParser) -> None:

@@ -189,7 +189,10 @@ class Recipe(Section):
     prunable: PrunableConfig = Field(default_factory=PrunableConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    stages: list[Any] = Field(default_factory=lambda: [{"prune": {}}, {"train": {}}])
+    # The default job: GraSP at initialization to 98% sparsity (where the PaI methods
+    # differ: magnitude and random collapse near there on LeNet-5), then train.
+    stages: list[Any] = Field(default_factory=lambda: [{"prune": {"criterion": "grasp", "sparsity": 0.98}},
+                                                       {"train": {}}])
 
 
 #: stage type -> settings model. A stage type's runner lives in pipeline.py's STAGE_RUNNERS.

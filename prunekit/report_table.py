@@ -34,9 +34,33 @@ def print_summary(results: dict[str, dict[str, Any]], title: str = "results") ->
             f"{s['train_time_s']:.1f}", f"{s['scoring_time_s']:.2f}")
     console = _console()
     console.print(table)
+    pruned = results.get("pruned", {})
+    if pruned.get("layers") and pruned.get("sparsity", 0) > 0:
+        console.print(layer_density_table(pruned["layers"], pruned.get("collapsed_layers", [])))
     robust = {v: s["robustness"] for v, s in results.items() if s.get("robustness")}
     if robust:
         console.print(robustness_table(robust))
+
+
+def density_bar(density: float, width: int = 20) -> str:
+    """A text bar: one block per 1/width of density, at least one block when anything is kept."""
+    blocks = round(density * width)
+    if density > 0:
+        blocks = max(blocks, 1)
+    return "█" * blocks + "·" * (width - blocks)
+
+
+def layer_density_table(layers: list[dict[str, Any]], collapsed: list[str] = ()) -> Table:
+    """Per prunable tensor: shape, weights kept of total, density with a bar (what the method did)."""
+    table = Table(title="what pruning kept, per layer")
+    for col in ("layer", "kind", "shape", "kept", "density", ""):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "") else "right")
+    for row in layers:
+        mark = "  collapsed" if row["name"] in collapsed else ""
+        kind = {2: "linear", 3: "conv1d", 4: "conv", 5: "conv3d"}.get(len(row["shape"]), "")
+        table.add_row(row["name"], kind, "x".join(map(str, row["shape"])), f"{row['kept']:,}/{row['numel']:,}",
+                      f"{100 * row['density']:.2f}%", density_bar(row["density"]) + mark)
+    return table
 
 
 def robustness_table(reports: dict[str, dict]) -> Table:

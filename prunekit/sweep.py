@@ -27,7 +27,7 @@ from typing import Any, Callable
 from prunekit.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from prunekit.cli import COMMANDS, apply_flags, recipe_data
 from prunekit.errors import ConfigError
-from prunekit.recipe import prune_stage_settings
+from prunekit.recipe import Recipe, prune_stage_settings
 
 RESULT_FIELDS = ["method", "sparsity", "seed", "test_acc", "params_nonzero", "params_total", "dense_macs",
                  "sparse_macs", "scoring_time_s", "train_time_s", "collapsed", "prunable_kept", "prunable_params"]
@@ -83,7 +83,7 @@ def cell_recipe(spec: SweepSpec, cell: Cell):
 
     data = json.loads(json.dumps(spec.recipe))  # deep copy of plain data
     data.update(seed=cell.seed, baseline=False, name=f"{data.get('name', 'sweep')}-{cell.name}")
-    data.setdefault("stages", [{"prune": {}}, {"train": {}}])
+    data.setdefault("stages", Recipe.model_fields["stages"].default_factory())
     if cell.method == DENSE:
         return baseline_recipe(recipe_from_dict(data))
     prunes = prune_stage_settings(data["stages"])
@@ -314,6 +314,7 @@ def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny synthetic setting (lenet5 on 16x16 synthetic data, "
                    "1 epoch) for smoke tests")
     p.add_argument("--quiet", action="store_true", help="one line per cell, no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="validate every cell's recipe, list the cells and stop")
     p.add_argument("--tables-only", action="store_true", help="train nothing: rebuild the tables and plot from "
                    "the finished cells (e.g. while another process runs the sweep)")
     g = p.add_argument_group("shortcuts (each sets one recipe key, as in `prunekit run`)")
@@ -357,7 +358,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             data[key] = {**data.get(key, {}), **value}
     data = apply_overrides(apply_flags(data, args), args.set)
     if args.prevent_collapse is not None:
-        data.setdefault("stages", [{"prune": {}}, {"train": {}}])
+        data.setdefault("stages", Recipe.model_fields["stages"].default_factory())
         for settings in prune_stage_settings(data["stages"]):
             settings["prevent_collapse"] = args.prevent_collapse
     return SweepSpec(data, list(dict.fromkeys(args.methods)), list(dict.fromkeys(args.sparsities)),
@@ -371,6 +372,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else \
         Path(probe.output_dir) / f"sweep-{probe.model.name}-{probe.data.name}"
     total = len(spec.cells())
+    if args.dry_run:
+        from prunekit.recipe import recipe_to_yaml
+
+        recipes = [cell_recipe(spec, cell) for cell in spec.cells()]  # each cell validated before any runs
+        print(recipe_to_yaml(recipes[-1]))
+        print(f"{total} cells in {sweep_dir}: {', '.join(c.name for c in spec.cells())}")
+        return 0
     print(f"prunekit sweep -> {sweep_dir}: {len(spec.methods)} methods x {len(spec.sparsities)} sparsities x "
           f"{len(spec.seeds)} seeds{' + dense' if spec.dense else ''} = {total} cells", flush=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
