@@ -89,6 +89,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("--part", "lenet5", "--epochs", "1", "--dataset", "embedded"), ("--part", "report", "--dataset", "embedded")), (
         ("--part", "lenet5", "--epochs", "3"), ("--part", "resnet20", "--epochs", "2"), ("--part", "overhead"),
         ("--part", "report"))),
+    # Training throughput vs a hand-written eager loop; full adds ResNet-20 and torch.compile.
+    "speed": Benchmark("benchmarks/bench_speed.py", once("--models", "lenet5", "--steps", "5", "--repeats", "2",
+                                                         "--out", "{out}"),
+                       once("--models", "lenet5,resnet20", "--steps", "20", "--repeats", "5", "--compile",
+                            "--out", "{out}")),
     "overhead": Benchmark("benchmarks/bench_overhead.py", once("--models", "lenet5", "--steps", "10", "--repeats", "3",
                                                                "--out", "{out}"), once("--out", "{out}")),
 }

@@ -127,7 +127,8 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     # During-training mask updates (gradual / SET / RigL) are step hooks; they are pure functions
     # of (step, model, masks), so a resumed stage rebuilds them and repeats the same updates.
     env = SparsifyEnv(ctx.model, ctx.masks, data, ctx.device, derive_seed(rc.seed, stage.index, 3), steps, steps * cfg.epochs)
-    loop = TrainLoop(ctx.model, ctx.masks, cfg, steps, ctx.device, hooks=build_sparsify_hooks(cfg.sparsify, env, cfg.epochs))
+    loop = TrainLoop(ctx.model, ctx.masks, cfg, steps, ctx.device,
+                     hooks=build_sparsify_hooks(cfg.sparsify, env, cfg.epochs), log=ctx.log)
     start_epoch = 0
     if resume is not None:
         loop.load_state_dict(resume["loop"])
@@ -137,17 +138,21 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
         stats = loop.train_epoch(data.train_x, data.train_y, rc.data.batch_size,
                                  epoch_generator(rc.seed, stage.index, epoch),
                                  desc=f"{stage.label} epoch {epoch + 1}/{cfg.epochs}", progress=ctx.progress)
-        test = evaluate(ctx.model, data.test_x, data.test_y, rc.data.eval_batch_size, ctx.device)
+        done = epoch + 1 == cfg.epochs
+        # Evaluation costs a pass over the test set; `eval_every` thins it, the last epoch always has it.
+        evaluated = done or (epoch + 1) % cfg.eval_every == 0
+        test = evaluate(ctx.model, data.test_x, data.test_y, rc.data.eval_batch_size, ctx.device) if evaluated else None
         ctx.timings["train_time_s"] += stats["epoch_time_s"]
         row = {"stage": stage.index, "kind": "train", "round": stage.round, "epoch": epoch + 1, **stats,
-               "test_loss": test["loss"], "test_acc": test["acc"], "sparsity": ctx.masks.sparsity(),
-               "mask_checksum": ctx.masks.checksum()}
+               "sparsity": ctx.masks.sparsity(), "mask_checksum": ctx.masks.checksum()}
+        if test is not None:
+            row.update(test_loss=test["loss"], test_acc=test["acc"])
         ctx.history.append(row)
+        acc = f"test acc {test['acc']:.4f}" if test is not None else "test acc -"
         ctx.log(f"  {stage.label} epoch {epoch + 1}/{cfg.epochs}: loss {stats['train_loss']:.4f} "
-                f"test acc {test['acc']:.4f} sparsity {row['sparsity']:.4f} ({stats['epoch_time_s']:.1f}s)")
+                f"{acc} sparsity {row['sparsity']:.4f} ({stats['epoch_time_s']:.1f}s)")
         if ctx.rewind_state is None and (stage.index, epoch + 1) == rewind_point(ctx.recipe):
             ctx.rewind_state = {k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}
-        done = epoch + 1 == cfg.epochs
         ctx.checkpoint(stage.index + 1 if done else stage.index, 0 if done else epoch + 1,
                        None if done else loop.state_dict())
     if cfg.epochs == 0 or start_epoch >= cfg.epochs:

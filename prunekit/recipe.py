@@ -123,6 +123,11 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     amp: bool = Field(False, description="bfloat16 autocast for forward/backward (mixed precision)")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="NHWC model and inputs while training; auto: on for networks with 2-D convs")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the forward pass (eager fallback on failure); auto: on for CUDA only")
+    eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (the last epoch always)")
     sparsify: SparsifyConfig | None = Field(None, description="mask updates during training (gradual / set / rigl)")
 
 

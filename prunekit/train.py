@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from prunekit.distributed import all_reduce_sum, info, shard, wrap_model
 from prunekit.errors import TrainingDiverged
+from prunekit.execution import Forward, training_layout, use_channels_last, use_compile
 from prunekit.masks import MaskSet
 from prunekit.recipe import TrainConfig
 from prunekit.registry import Registry
@@ -130,9 +131,15 @@ class TrainLoop:
     """Owns the optimizer and LR schedule for one train stage and runs its epochs."""
 
     def __init__(self, model: nn.Module, masks: MaskSet | None, cfg: TrainConfig, steps_per_epoch: int,
-                 device: torch.device | str = "cpu", hooks: Sequence[StepHook] = ()):
+                 device: torch.device | str = "cpu", hooks: Sequence[StepHook] = (),
+                 log: Callable[[str], None] = print):
         self.model, self.masks, self.cfg, self.device = model, masks, cfg, device
-        self.net = wrap_model(model, torch.device(device))  # DDP when distributed, else the model
+        # DDP when distributed, else the model; channels-last inputs / compile per the config.
+        # The model's own layout is switched around each epoch (train_epoch), so scoring, surgery and
+        # checkpoints outside training always see the ordinary NCHW layout.
+        self.channels_last = use_channels_last(cfg.channels_last, model)
+        self.net = Forward(wrap_model(model, torch.device(device)), self.channels_last,
+                           use_compile(cfg.compile, device), log)
         self.steps_per_epoch = steps_per_epoch
         self.optimizer = OPTIMIZERS.create(cfg.optimizer, model.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -147,6 +154,20 @@ class TrainLoop:
         """One pass over (x, y); returns mean loss, accuracy, lr and wall time."""
         self.model.train()
         start = time.perf_counter()
+        with training_layout(self.model, self.masks, self.channels_last):
+            total_loss, correct, seen = self._run_batches(x, y, batch_size, generator, desc, progress)
+        totals = all_reduce_sum(torch.stack([total_loss.double(), correct.double(),
+                                             torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
+        mean_loss, correct, seen = float(totals[0]) / max(1.0, float(totals[2])), int(totals[1]), int(totals[2])
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"training loss became {mean_loss} in epoch '{desc}'; lower the learning rate "
+                                   f"(lr={self.cfg.lr}) or enable grad_clip.")
+        return {"train_loss": mean_loss, "train_acc": correct / max(1, seen),
+                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - start}
+
+    def _run_batches(self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, desc: str,
+                     progress: bool) -> tuple[Tensor, Tensor, int]:
+        """The optimizer steps of one epoch; returns this rank's (loss sum, correct count, samples)."""
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
@@ -167,14 +188,7 @@ class TrainLoop:
             total_loss += loss.detach() * len(xb)
             correct += (out.detach().argmax(1) == yb).sum()
             seen += len(xb)
-        totals = all_reduce_sum(torch.stack([total_loss.double(), correct.double(),
-                                             torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
-        mean_loss, correct, seen = float(totals[0]) / max(1.0, float(totals[2])), int(totals[1]), int(totals[2])
-        if not math.isfinite(mean_loss):
-            raise TrainingDiverged(f"training loss became {mean_loss} in epoch '{desc}'; lower the learning rate "
-                                   f"(lr={self.cfg.lr}) or enable grad_clip.")
-        return {"train_loss": mean_loss, "train_acc": correct / max(1, seen),
-                "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - start}
+        return total_loss, correct, seen
 
     def state_dict(self) -> dict:
         """Optimizer, schedule and step count (for checkpoints)."""

@@ -1,0 +1,120 @@
+"""How a train stage executes: tensor memory format and compilation.
+
+The training loop stays method-agnostic; this module decides, once per train loop, whether
+the model and its inputs run channels-last and whether the forward pass is compiled, and it
+hides the decision behind the callable the loop uses for its forward pass. The model is NHWC
+only inside an epoch, so everything else (scoring, surgery, checkpoints) sees NCHW. Masks are applied
+outside the compiled forward (after each optimizer step), so pruned weights stay exactly zero
+under every mode.
+
+Defaults were chosen by measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
+- channels-last is on for networks with 2-D convolutions: a ResNet-20 / LeNet-5 step on this
+  2-core CPU runs faster with NHWC tensors (oneDNN's native layout), and GPUs with tensor cores
+  prefer it too. Linear-only networks are unaffected, so they stay as they are.
+- torch.compile is on by default only on CUDA: on CPU it speeds a ResNet-20 step up but costs
+  tens of seconds of compilation, more than a short run saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Toggle = bool | Literal["auto"]
+
+
+def has_conv2d(model: nn.Module) -> bool:
+    """True when the model holds a 2-D convolution (where NHWC changes the kernels used)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def use_channels_last(setting: Toggle, model: nn.Module) -> bool:
+    """Resolve `train.channels_last`: auto means on for conv nets."""
+    return has_conv2d(model) if setting == "auto" else bool(setting)
+
+
+def use_compile(setting: Toggle, device: torch.device | str) -> bool:
+    """Resolve `train.compile`: auto means on for CUDA devices only (see the module docstring)."""
+    if setting == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(setting)
+
+
+def to_memory_format(model: nn.Module, masks, channels_last: bool) -> None:
+    """Convert 4-D parameters, buffers and their masks to NHWC (True) or back to NCHW (False) in place.
+
+    Only the storage layout changes, never a value, and parameter identity is kept (the optimizer
+    and MaskSet hold references), so a checkpoint taken in either layout loads into the other.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dim() == 4 and not t.is_contiguous(memory_format=fmt):
+                t.data = t.data.contiguous(memory_format=fmt)
+        if masks is not None:
+            for name, m in masks.masks.items():
+                if m.dim() == 4 and not m.is_contiguous(memory_format=fmt):
+                    m.data = m.data.contiguous(memory_format=fmt)
+
+
+@contextlib.contextmanager
+def training_layout(model: nn.Module, masks, channels_last: bool) -> Iterator[None]:
+    """Run a block (one training epoch) with the model channels-last, restoring NCHW afterwards.
+
+    The rest of prunekit (scoring, surgery, export) sees the ordinary contiguous layout; only
+    the optimizer steps and step hooks of an epoch run on NHWC tensors.
+    """
+    if not channels_last:
+        yield
+        return
+    to_memory_format(model, masks, True)
+    try:
+        yield
+    finally:
+        to_memory_format(model, masks, False)
+
+
+class Forward:
+    """The forward pass a train loop calls: input layout conversion, optional torch.compile.
+
+    A compile failure (no C++ compiler, an unsupported operator, a backend error) does not end
+    the run: the first failing call logs one message and every call from then on runs eagerly.
+    """
+
+    def __init__(self, net: nn.Module, channels_last: bool, compile: bool, log: Callable[[str], None] = print):
+        self.net, self.channels_last, self.log = net, channels_last, log
+        self.compiled: Callable[[Tensor], Tensor] | None = None
+        if compile:
+            try:
+                self.compiled = torch.compile(net)
+            except Exception as exc:  # noqa: BLE001 - any backend failure falls back to eager
+                self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.compiled = None
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        self.log(f"  torch.compile unavailable ({type(exc).__name__}: {first_line}); training eagerly. "
+                 "Set train.compile: false to skip the attempt.")
+
+    @property
+    def mode(self) -> str:
+        """A short label for logs and benchmark tables, e.g. 'channels-last+compile'."""
+        parts = ["channels-last" if self.channels_last else "nchw"]
+        if self.compiled is not None:
+            parts.append("compile")
+        return "+".join(parts)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                self._fall_back(exc)
+        return self.net(x)
+
