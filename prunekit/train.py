@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from prunekit.data.augment import AugmentConfig, augment_batch
 from prunekit.distributed import all_reduce_sum, info, shard, wrap_model
 from prunekit.errors import TrainingDiverged
 from prunekit.masks import MaskSet
@@ -66,7 +67,17 @@ def derive_seed(*parts: int) -> int:
 
 def epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     """The generator that fixes one epoch's data order (independent of earlier epochs)."""
-    return torch.Generator().manual_seed(derive_seed(seed, stage, epoch, 0))
+    return torch.Generator().manual_seed(epoch_order_seed(seed, stage, epoch))
+
+
+def epoch_order_seed(seed: int, stage: int, epoch: int) -> int:
+    """The seed of one epoch's sample order (what `epoch_generator` is seeded with)."""
+    return derive_seed(seed, stage, epoch, 0)
+
+
+def epoch_augment_seed(seed: int, stage: int, epoch: int) -> int:
+    """The seed of one epoch's augmentation; step k of the epoch uses derive_seed(this, k)."""
+    return derive_seed(seed, stage, epoch, 2)
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None,
@@ -120,6 +131,41 @@ def masked_update(loss: Tensor, optimizer: torch.optim.Optimizer, masks: MaskSet
         masks.apply()
 
 
+class BatchSource(Protocol):
+    """Where an epoch's batches come from: in-memory tensors or a streaming loader."""
+
+    def steps(self) -> int:
+        """Optimizer steps in one epoch."""
+
+    def batches(self, order_seed: int, start_step: int) -> Iterator[tuple[Tensor, Tensor, Tensor, int]]:
+        """This rank's (x, y, positions in the global batch, global batch size) from `start_step` on."""
+
+    def prepare(self, x: Tensor, device: torch.device | str) -> Tensor:
+        """A batch as the model's float input on `device`."""
+
+
+class TensorSource:
+    """In-memory (x, y): every rank draws the same global batch and trains on its contiguous shard."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, order: Tensor | None = None):
+        self.x, self.y, self.batch_size, self.order = x, y, batch_size, order
+
+    def steps(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def batches(self, order_seed: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor, int]]:
+        order = self.order
+        if order is None:
+            order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(order_seed))
+        for i in range(start_step * self.batch_size, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            positions = shard(torch.arange(len(idx)))
+            yield shard(self.x[idx]), shard(self.y[idx]), positions, len(idx)
+
+    def prepare(self, x: Tensor, device: torch.device | str) -> Tensor:
+        return x.to(device, non_blocking=True)
+
+
 class StepHook(Protocol):
     """Called after every optimizer step; may change masks (gradual pruning, SET/RigL)."""
 
@@ -144,18 +190,37 @@ class TrainLoop:
 
     def train_epoch(self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator,
                     desc: str = "train", progress: bool = True) -> dict[str, float]:
-        """One pass over (x, y); returns mean loss, accuracy, lr and wall time."""
+        """One pass over in-memory (x, y) in the order `generator` draws; see `run_epoch`."""
+        order = torch.randperm(len(x), generator=generator)
+        return self.run_epoch(TensorSource(x, y, batch_size, order=order), 0, desc=desc, progress=progress)
+
+    def run_epoch(self, source: "BatchSource", order_seed: int, *, augment: AugmentConfig | None = None,
+                  augment_seed: int = 0, start_step: int = 0, partial: Tensor | None = None,
+                  on_step: Callable[[int, Tensor], None] | None = None, desc: str = "train",
+                  progress: bool = True) -> dict[str, float]:
+        """One epoch over `source` from step `start_step`; returns mean loss, accuracy, lr and wall time.
+
+        `order_seed` fixes the epoch's sample order, `augment_seed` (with the step) each batch's
+        augmentation. `partial` carries (loss sum, correct, seen) of the steps before `start_step`
+        from a mid-epoch checkpoint, so the epoch's statistics match an uninterrupted run;
+        `on_step(steps_done, sums)` runs after every step (mid-epoch checkpoints).
+        """
         self.model.train()
         start = time.perf_counter()
-        total_loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
-        n_batches = math.ceil(len(x) / batch_size)
+        # loss sum, correct, seen: float64 so a resumed epoch adds up exactly like an uninterrupted one
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if partial is not None:
+            sums += partial.to(self.device)
         amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.cfg.amp)
-        for xb, yb in tqdm(batches(x, y, batch_size, generator), total=n_batches, desc=desc, leave=False,
-                           disable=not progress or not info().is_main, mininterval=1.0):
-            # every rank draws the same global batch; each trains on its own shard of it
-            xb, yb = shard(xb).to(self.device, non_blocking=True), shard(yb).to(self.device, non_blocking=True)
+        steps = source.steps()
+        bar = tqdm(total=steps, initial=start_step, desc=desc, leave=False, unit="step", mininterval=1.0,
+                   disable=not progress or not info().is_main)
+        for step, (xb, yb, positions, global_size) in enumerate(source.batches(order_seed, start_step), start_step):
+            t0 = time.perf_counter()
+            xb, yb = source.prepare(xb, self.device), yb.to(self.device, non_blocking=True)
+            if augment is not None and augment.active:
+                gen = torch.Generator().manual_seed(derive_seed(augment_seed, step))
+                xb = augment_batch(xb, augment, gen, positions, global_size)
             with amp:
                 out = self.net(xb)
                 loss = self.loss_fn(out.float(), yb)
@@ -164,11 +229,15 @@ class TrainLoop:
             self.step += 1
             for hook in self.hooks:
                 hook(self, self.step)
-            total_loss += loss.detach() * len(xb)
-            correct += (out.detach().argmax(1) == yb).sum()
-            seen += len(xb)
-        totals = all_reduce_sum(torch.stack([total_loss.double(), correct.double(),
-                                             torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
+            sums[0] += loss.detach().double() * len(xb)
+            sums[1] += (out.detach().argmax(1) == yb).sum()
+            sums[2] += len(xb)
+            bar.set_postfix_str(f"{global_size / max(1e-9, time.perf_counter() - t0):.0f} img/s", refresh=False)
+            bar.update(1)
+            if on_step is not None:
+                on_step(step + 1, sums)
+        bar.close()
+        totals = all_reduce_sum(sums.clone())
         mean_loss, correct, seen = float(totals[0]) / max(1.0, float(totals[2])), int(totals[1]), int(totals[2])
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"training loss became {mean_loss} in epoch '{desc}'; lower the learning rate "
