@@ -2,6 +2,7 @@
 in one process and on 2 gloo ranks (disjoint shards, identical masks)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,8 @@ def setup(tmp_path_factory):
 
 def run(cmd, out, env_root):
     out.mkdir()
-    env = {"PRUNEKIT_DATA": str(env_root / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(HERE.parent)}
+    # this checkout's prunekit, one thread per process (two ranks share the cores)
+    env = {**os.environ, "PRUNEKIT_DATA": str(env_root / "cache"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
 
