@@ -3,8 +3,9 @@
 Every paradigm is a stage list: pruning at init is `prune, train`; classic pruning after
 training is `train, prune, train`; a lottery ticket is `train, repeat{prune, rewind,
 train}`. Stage runners are registered by name, so a new stage type is one function.
-A checkpoint is written after every stage and every training epoch; `resume` continues
-from the last one and replays the rest exactly.
+A checkpoint is written after every stage, every training epoch and, with
+`train.checkpoint_every`, every N steps inside an epoch; `resume` continues from the last one
+and replays the rest exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prunekit.checkpoint import atomic_write_json, atomic_write_text, load_check
 from prunekit.criteria import ScoringContext, create_criterion
 from prunekit.data import DatasetSplits, load_dataset
 from prunekit.data.stream import StreamedSplits, StreamSource, stream_if_asked
-from prunekit.distributed import device_for_rank
+from prunekit.distributed import all_reduce_sum, device_for_rank
 from prunekit.distributed import info as dist_info
 from prunekit.errors import ConfigError, TrainingDiverged
 from prunekit.masks import MaskSet
@@ -137,15 +138,16 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
         start_epoch, start_step = resume["epoch"], resume.get("step", 0)
         if start_step:  # mid-epoch: the global RNG and the epoch's sums as they were at that step
             torch.set_rng_state(resume["loop"]["rng"])
-            partial = resume["loop"]["sums"]
+            partial = resume["loop"]["sums"] if dist_info().is_main else None  # saved summed over ranks
     for epoch in range(start_epoch, cfg.epochs):
         if not (epoch == start_epoch and start_step):
             torch.manual_seed(derive_seed(rc.seed, stage.index, epoch, 1))
 
         def mid_epoch(done: int, sums: torch.Tensor, epoch=epoch) -> None:
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
+                total = all_reduce_sum(sums.clone()).cpu()  # every rank reaches this step: a safe collective
                 ctx.checkpoint(stage.index, epoch, {**loop.state_dict(), "rng": torch.get_rng_state(),
-                                                    "sums": sums.cpu().clone()}, step=done)
+                                                    "sums": total}, step=done)
 
         stats = loop.run_epoch(source, epoch_order_seed(rc.seed, stage.index, epoch), augment=rc.data.augment,
                                augment_seed=epoch_augment_seed(rc.seed, stage.index, epoch),

@@ -2,8 +2,11 @@
 
 The loop knows nothing about pruning methods: it holds pruned weights at zero through a
 MaskSet and calls optional step hooks (gradual pruning, drop-and-regrow) after each
-optimizer step. All randomness comes from generators seeded by (seed, stage, epoch), so a
-run resumed from an epoch checkpoint replays exactly what an uninterrupted run does.
+optimizer step. Batches come from a BatchSource (in-memory tensors here, a streamed image
+folder in prunekit.data.stream). The data order comes from a generator seeded by (seed,
+stage, epoch) and each batch's augmentation from one seeded by (seed, stage, epoch, step), so
+a run resumed from an epoch or mid-epoch checkpoint replays exactly what an uninterrupted
+run does.
 """
 
 from __future__ import annotations
@@ -215,8 +218,8 @@ class TrainLoop:
         steps = source.steps()
         bar = tqdm(total=steps, initial=start_step, desc=desc, leave=False, unit="step", mininterval=1.0,
                    disable=not progress or not info().is_main)
+        images = 0  # global images since this call began, for the bar's images/s (data loading included)
         for step, (xb, yb, positions, global_size) in enumerate(source.batches(order_seed, start_step), start_step):
-            t0 = time.perf_counter()
             xb, yb = source.prepare(xb, self.device), yb.to(self.device, non_blocking=True)
             if augment is not None and augment.active:
                 gen = torch.Generator().manual_seed(derive_seed(augment_seed, step))
@@ -232,7 +235,8 @@ class TrainLoop:
             sums[0] += loss.detach().double() * len(xb)
             sums[1] += (out.detach().argmax(1) == yb).sum()
             sums[2] += len(xb)
-            bar.set_postfix_str(f"{global_size / max(1e-9, time.perf_counter() - t0):.0f} img/s", refresh=False)
+            images += global_size
+            bar.set_postfix_str(f"{images / max(1e-9, time.perf_counter() - start):.0f} img/s", refresh=False)
             bar.update(1)
             if on_step is not None:
                 on_step(step + 1, sums)
