@@ -79,3 +79,24 @@ def test_bad_augment_sections_name_the_key_and_the_fix(augment, fragments):
     with pytest.raises(ConfigError) as e:
         recipe_from_dict({"data": {"augment": augment}})
     assert all(f in str(e.value) for f in fragments), str(e.value)
+
+
+def test_scoring_never_sees_augmentation_but_training_does(tmp_path):
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.data import load_dataset
+    from prunekit.pipeline import run_pipeline
+
+    data = load_dataset("synthetic", n_train=64, n_test=16, channels=3, image_size=12)
+    out = {}
+    for name, augment in (("plain", None), ("augmented", {"crop": {"padding": 2}, "flip": True})):
+        r = recipe_from_dict({"name": name, "device": "cpu", "baseline": False, "model": {"name": "lenet300"},
+                              "data": {"name": "synthetic", "batch_size": 16, "augment": augment},
+                              "train": {"epochs": 1},
+                              "stages": [{"prune": {"criterion": "snip", "sparsity": 0.8, "options": {"batch_size": 32}}},
+                                         "train"]})
+        run_pipeline(r, tmp_path / name, data, progress=False, log=lambda _: None)
+        out[name] = load_checkpoint(tmp_path / name / "checkpoint.pt")
+    masks = [out[n]["masks"] for n in ("plain", "augmented")]
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])  # SNIP scored the same images
+    weights = [out[n]["model"] for n in ("plain", "augmented")]
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
