@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from folder_maker import make_folder
 
+from prunekit.checkpoint import load_checkpoint
 from prunekit.models import create_model
 
 HERE = Path(__file__).parent
@@ -63,3 +65,10 @@ def test_one_process_and_two_ranks(setup):
     assert not a & b and a | b == set(range(200))  # disjoint shards covering the epoch (200 needs no padding)
     for x, y, glob in zip(r0["seen"], r1["seen"], one["seen"]):
         assert sorted(x + y) == sorted(glob)  # the ranks split the single-process global batch
+
+    # 2 ranks stopped right after a mid-epoch checkpoint, then resumed: bit-identical to no stop
+    full, cut = (load_checkpoint(root / "two" / "resume" / d / "pruned" / "checkpoint.pt") for d in ("full", "cut"))
+    assert "step" not in cut["position"]  # the resumed run finished
+    assert "at stage 1, epoch 1, step 3" in (root / "two" / "resume" / "resume.log").read_text()
+    assert all(torch.equal(full["model"][k], cut["model"][k]) for k in full["model"])
+    assert all(torch.equal(full["masks"][k], cut["masks"][k]) for k in full["masks"])
