@@ -62,7 +62,7 @@ def folder_index(root: str | Path, cache_dir: str | Path | None = None) -> dict:
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("version") == INDEX_VERSION and cached.get("root") == str(root) and cached.get("mtimes") == stamp:
+            if (cached.get("version"), cached.get("root"), cached.get("mtimes")) == (INDEX_VERSION, str(root), stamp):
                 return cached
         except (OSError, ValueError):
             pass  # unreadable or torn by an old crash: rebuild it
@@ -99,8 +99,8 @@ class ImageFolderStream(torch.utils.data.Dataset):
         idx = [int(i) for i in indices]
         if not idx:
             return torch.zeros(0, self.channels, *self.size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-        loader = torch.utils.data.DataLoader(self, batch_sampler=[idx[i : i + batch_size] for i in range(0, len(idx), batch_size)],
-                                             num_workers=workers)
+        chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+        loader = torch.utils.data.DataLoader(self, batch_sampler=chunks, num_workers=workers)
         xs, ys = zip(*loader)
         return torch.cat(xs), torch.cat(ys)
 
