@@ -248,7 +248,7 @@ def build_context(recipe: Recipe, out_dir: Path, data: DatasetSplits | None = No
     """Create the model (seeded), masks and data for one pipeline run."""
     device = resolve_device(recipe.device)
     if data is None:
-        data = stream_if_asked(recipe.data, recipe.seed) or load_dataset(
+        data = stream_if_asked(recipe.data) or load_dataset(
             recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.model.name, in_channels=data.in_channels, num_classes=data.num_classes,
@@ -347,7 +347,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the recipe's pipeline (and the dense baseline when asked) in `run_dir`."""
     run_dir = Path(run_dir)
-    data = stream_if_asked(recipe.data, recipe.seed) or load_dataset(
+    data = stream_if_asked(recipe.data) or load_dataset(
         recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
     # Build the model and masks once before writing anything, so bad input (an unknown

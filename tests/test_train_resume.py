@@ -43,7 +43,7 @@ def test_kill_after_a_mid_epoch_checkpoint_then_resume_is_bit_identical(source, 
     else:
         folder = make_folder(tmp_path / "imgs", classes=4, train=25, test=2, size=16)
         r = recipe({"name": "imagefolder", "data_dir": str(folder), "streaming": True, "scoring_pool": 16})
-        data = stream_if_asked(r.data, r.seed)
+        data = stream_if_asked(r.data)
     full = run_pipeline(r, tmp_path / "full", data, progress=False, log=lambda _: None)
     kill_after(monkeypatch, (1, 1, 4))  # stage 1 (train), epoch 2 of 2, after step 4 of 7
     with pytest.raises(Killed):

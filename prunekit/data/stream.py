@@ -236,12 +236,16 @@ def open_stream(data_dir: str, options: dict, scoring_pool: int, workers: int, s
         train_stream=train, mean=mean, std=std, workers=workers, pool_indices=pool)
 
 
-def stream_if_asked(cfg, seed: int) -> StreamedSplits | None:
-    """The streamed data a recipe's `data` section asks for, or None when it is to be held in memory."""
+def stream_if_asked(cfg) -> StreamedSplits | None:
+    """The streamed data a recipe's `data` section asks for, or None when it is to be held in memory.
+
+    The scoring pool is drawn with seed 0, not the run's seed, so every run and sweep cell on a
+    folder scores from the same pool (criteria then draw from it with their own seeds).
+    """
     if not should_stream(cfg.streaming, cfg.name, cfg.data_dir, cfg.options):
         return None
     if cfg.download:
         raise ConfigError("dataset 'imagefolder' cannot be downloaded; point data_dir at your images")
     if not cfg.data_dir:
         raise ConfigError("dataset 'imagefolder' needs data_dir: a folder with train/<class>/, test/<class>/")
-    return open_stream(cfg.data_dir, dict(cfg.options), cfg.scoring_pool, cfg.workers, seed)
+    return open_stream(cfg.data_dir, dict(cfg.options), cfg.scoring_pool, cfg.workers, seed=0)
