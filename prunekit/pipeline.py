@@ -24,7 +24,7 @@ from prunekit.checkpoint import atomic_write_json, atomic_write_text, load_check
 from prunekit.criteria import ScoringContext, create_criterion
 from prunekit.data import DatasetSplits, load_dataset
 from prunekit.data.stream import StreamedSplits, StreamSource, stream_if_asked
-from prunekit.distributed import all_reduce_sum, device_for_rank
+from prunekit.distributed import device_for_rank
 from prunekit.distributed import info as dist_info
 from prunekit.errors import ConfigError, TrainingDiverged
 from prunekit.masks import MaskSet
@@ -124,7 +124,8 @@ def resolve_device(name: str) -> torch.device:
 
 @STAGE_RUNNERS.register("train")
 def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None:
-    """Train for `epochs` with pruned weights held at zero; checkpoint after every epoch."""
+    """Train for `epochs` with pruned weights held at zero; checkpoint after every epoch (and every
+    `checkpoint_every` steps)."""
     cfg, data, rc = stage.settings, ctx.data, ctx.recipe
     source = batch_source(data, rc.data.batch_size)
     steps = source.steps()
@@ -136,18 +137,15 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     if resume is not None:
         loop.load_state_dict(resume["loop"])
         start_epoch, start_step = resume["epoch"], resume.get("step", 0)
-        if start_step:  # mid-epoch: the global RNG and the epoch's sums as they were at that step
-            torch.set_rng_state(resume["loop"]["rng"])
-            partial = resume["loop"]["sums"] if dist_info().is_main else None  # saved summed over ranks
+        if start_step:
+            partial = loop.resume_mid_epoch(resume["loop"])
     for epoch in range(start_epoch, cfg.epochs):
         if not (epoch == start_epoch and start_step):
             torch.manual_seed(derive_seed(rc.seed, stage.index, epoch, 1))
 
         def mid_epoch(done: int, sums: torch.Tensor, epoch=epoch) -> None:
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
-                total = all_reduce_sum(sums.clone()).cpu()  # every rank reaches this step: a safe collective
-                ctx.checkpoint(stage.index, epoch, {**loop.state_dict(), "rng": torch.get_rng_state(),
-                                                    "sums": total}, step=done)
+                ctx.checkpoint(stage.index, epoch, loop.mid_epoch_state(sums), step=done)
 
         stats = loop.run_epoch(source, epoch_order_seed(rc.seed, stage.index, epoch), augment=rc.data.augment,
                                augment_seed=epoch_augment_seed(rc.seed, stage.index, epoch),

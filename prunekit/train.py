@@ -253,6 +253,18 @@ class TrainLoop:
         """Optimizer, schedule and step count (for checkpoints)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step}
 
+    def mid_epoch_state(self, sums: Tensor) -> dict:
+        """`state_dict` plus what continuing inside an epoch needs: the global RNG state and the
+        epoch's (loss, correct, seen) sums so far, summed over ranks (every rank calls this at the
+        same step, so the all-reduce is safe)."""
+        return {**self.state_dict(), "rng": torch.get_rng_state(), "sums": all_reduce_sum(sums.clone()).cpu()}
+
+    def resume_mid_epoch(self, state: dict) -> Tensor | None:
+        """Restore `mid_epoch_state`'s RNG; return the sums this rank continues the epoch from
+        (rank 0 carries the ranks' total, the others start at zero)."""
+        torch.set_rng_state(state["rng"])
+        return state["sums"] if info().is_main else None
+
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` saved."""
         self.optimizer.load_state_dict(state["optimizer"])
