@@ -3,8 +3,9 @@
 Every paradigm is a stage list: pruning at init is `prune, train`; classic pruning after
 training is `train, prune, train`; a lottery ticket is `train, repeat{prune, rewind,
 train}`. Stage runners are registered by name, so a new stage type is one function.
-A checkpoint is written after every stage and every training epoch; `resume` continues
-from the last one and replays the rest exactly.
+A checkpoint is written after every stage, every training epoch and, with
+`train.checkpoint_every`, every N steps inside an epoch; `resume` continues from the last one
+and replays the rest exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from prunekit.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
 from prunekit.criteria import ScoringContext, create_criterion
 from prunekit.data import DatasetSplits, load_dataset
+from prunekit.data.stream import StreamedSplits, StreamSource, stream_if_asked
 from prunekit.distributed import device_for_rank
 from prunekit.distributed import info as dist_info
 from prunekit.errors import ConfigError, TrainingDiverged
@@ -35,7 +37,7 @@ from prunekit.registry import Registry
 from prunekit.robustness import robustness_report
 from prunekit.schedules import SparsifyEnv, build_sparsify_hooks
 from prunekit.structure import create_structure
-from prunekit.train import TrainLoop, derive_seed, epoch_generator, evaluate
+from prunekit.train import TensorSource, TrainLoop, derive_seed, epoch_augment_seed, epoch_order_seed, evaluate
 
 
 @dataclass
@@ -89,12 +91,13 @@ class RunContext:
     log: Callable[[str], None] = print
     rewind_state: dict[str, torch.Tensor] | None = None  # weights after epoch k of the first train stage
 
-    def checkpoint(self, stage: int, epoch: int, loop_state: dict | None = None) -> None:
-        """Atomically save everything needed to continue at (stage, epoch); rewrite metrics (rank 0 only)."""
+    def checkpoint(self, stage: int, epoch: int, loop_state: dict | None = None, step: int = 0) -> None:
+        """Atomically save everything needed to continue at (stage, epoch, step of the epoch); rewrite
+        metrics (rank 0 only)."""
         if not dist_info().is_main:
             return
         save_checkpoint(self.out_dir / "checkpoint.pt", {
-            "position": {"stage": stage, "epoch": epoch},
+            "position": {"stage": stage, "epoch": epoch, **({"step": step} if step else {})},
             "model_name": self.recipe.model.name,
             "model": self.model.state_dict(),
             "masks": self.masks.state_dict(),
@@ -121,23 +124,35 @@ def resolve_device(name: str) -> torch.device:
 
 @STAGE_RUNNERS.register("train")
 def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None:
-    """Train for `epochs` with pruned weights held at zero; checkpoint after every epoch."""
+    """Train for `epochs` with pruned weights held at zero; checkpoint after every epoch (and every
+    `checkpoint_every` steps)."""
     cfg, data, rc = stage.settings, ctx.data, ctx.recipe
-    steps = -(-len(data.train_x) // rc.data.batch_size)
+    source = batch_source(data, rc.data.batch_size)
+    steps = source.steps()
     # During-training mask updates (gradual / SET / RigL) are step hooks; they are pure functions
     # of (step, model, masks), so a resumed stage rebuilds them and repeats the same updates.
     env = SparsifyEnv(ctx.model, ctx.masks, data, ctx.device, derive_seed(rc.seed, stage.index, 3), steps, steps * cfg.epochs)
     loop = TrainLoop(ctx.model, ctx.masks, cfg, steps, ctx.device,
                      hooks=build_sparsify_hooks(cfg.sparsify, env, cfg.epochs), log=ctx.log)
-    start_epoch = 0
+    start_epoch, start_step, partial = 0, 0, None
     if resume is not None:
         loop.load_state_dict(resume["loop"])
-        start_epoch = resume["epoch"]
+        start_epoch, start_step = resume["epoch"], resume.get("step", 0)
+        if start_step:
+            partial = loop.resume_mid_epoch(resume["loop"])
     for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(derive_seed(rc.seed, stage.index, epoch, 1))
-        stats = loop.train_epoch(data.train_x, data.train_y, rc.data.batch_size,
-                                 epoch_generator(rc.seed, stage.index, epoch),
-                                 desc=f"{stage.label} epoch {epoch + 1}/{cfg.epochs}", progress=ctx.progress)
+        if not (epoch == start_epoch and start_step):
+            torch.manual_seed(derive_seed(rc.seed, stage.index, epoch, 1))
+
+        def mid_epoch(done: int, sums: torch.Tensor, epoch=epoch) -> None:
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
+                ctx.checkpoint(stage.index, epoch, loop.mid_epoch_state(sums), step=done)
+
+        stats = loop.run_epoch(source, epoch_order_seed(rc.seed, stage.index, epoch), augment=rc.data.augment,
+                               augment_seed=epoch_augment_seed(rc.seed, stage.index, epoch),
+                               start_step=start_step if epoch == start_epoch else 0,
+                               partial=partial if epoch == start_epoch else None, on_step=mid_epoch,
+                               desc=f"{stage.label} epoch {epoch + 1}/{cfg.epochs}", progress=ctx.progress)
         done = epoch + 1 == cfg.epochs
         # Evaluation costs a pass over the test set; `eval_every` thins it, the last epoch always has it.
         evaluated = done or (epoch + 1) % cfg.eval_every == 0
@@ -157,6 +172,13 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
                        None if done else loop.state_dict())
     if cfg.epochs == 0 or start_epoch >= cfg.epochs:
         ctx.checkpoint(stage.index + 1, 0)
+
+
+def batch_source(data: DatasetSplits, batch_size: int):
+    """Training batches: streamed from disk for a StreamedSplits, else from the in-memory tensors."""
+    if isinstance(data, StreamedSplits):
+        return StreamSource(data, batch_size)
+    return TensorSource(data.train_x, data.train_y, batch_size)
 
 
 def prune_densities(start: float, target: float, iterations: int) -> list[float]:
@@ -229,7 +251,8 @@ def build_context(recipe: Recipe, out_dir: Path, data: DatasetSplits | None = No
     """Create the model (seeded), masks and data for one pipeline run."""
     device = resolve_device(recipe.device)
     if data is None:
-        data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
+        data = stream_if_asked(recipe.data) or load_dataset(
+            recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.model.name, in_channels=data.in_channels, num_classes=data.num_classes,
                          image_size=data.image_size, **recipe.model.options).to(device)
@@ -273,11 +296,12 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, data: DatasetSplits | None
         ctx.history = json.loads(state["history"])
         ctx.timings = json.loads(state["timings"])
         position, loop_state = state["position"], state["loop"]
-        log(f"  resuming {out_dir} at stage {position['stage']}, epoch {position['epoch']}")
+        log(f"  resuming {out_dir} at stage {position['stage']}, epoch {position['epoch']}"
+            + (f", step {position['step']}" if position.get("step") else ""))
     for stage in plan[position["stage"]:]:
-        mid = stage.index == position["stage"] and position["epoch"] > 0
+        mid = stage.index == position["stage"] and (position["epoch"] > 0 or position.get("step", 0) > 0)
         try:
-            STAGE_RUNNERS.get(stage.kind)(ctx, stage, {"epoch": position["epoch"], "loop": loop_state} if mid else None)
+            STAGE_RUNNERS.get(stage.kind)(ctx, stage, {**position, "loop": loop_state} if mid else None)
         except TrainingDiverged as e:
             where = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(f"{stage.label}: {e} Stopped; {where} (resume with --resume after changing "
@@ -326,7 +350,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the recipe's pipeline (and the dense baseline when asked) in `run_dir`."""
     run_dir = Path(run_dir)
-    data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
+    data = stream_if_asked(recipe.data) or load_dataset(
+        recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
     # Build the model and masks once before writing anything, so bad input (an unknown
     # model option, a pattern that matches nothing, an unwritable or full disk) fails

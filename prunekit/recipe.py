@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prunekit.data.augment import AugmentConfig
 from prunekit.errors import ConfigError, did_you_mean
 from prunekit.registry import Registry
 
@@ -53,6 +54,13 @@ class DataConfig(Section):
     batch_size: int = Field(128, gt=0, description="global batch size")
     eval_batch_size: int = Field(1000, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
+    augment: AugmentConfig | None = Field(None, description="training-batch augmentation (scoring data is never augmented)")
+    streaming: Literal["auto", True, False] = Field("auto", description="imagefolder: decode batches from disk with "
+                                                    "worker processes instead of holding the set in memory; auto: "
+                                                    "stream when the decoded train split would exceed 2 GiB")
+    workers: int = Field(2, ge=0, description="streaming: decoding worker processes (0 decodes in the training process)")
+    scoring_pool: int = Field(1024, ge=1, description="streaming: class-balanced train images held in memory for "
+                                                      "scoring criteria and greedy selection")
 
 
 class PrunableConfig(Section):
@@ -129,6 +137,8 @@ class TrainConfig(Section):
         "auto", description="torch.compile the forward pass (eager fallback on failure); auto: on for CUDA only")
     eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (the last epoch always)")
     sparsify: SparsifyConfig | None = Field(None, description="mask updates during training (gradual / set / rigl)")
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N optimizer steps inside an "
+                                         "epoch (resume continues mid-epoch without replaying data)")
 
 
 class PruneConfig(ScoringAxes):
@@ -300,6 +310,8 @@ def _owner_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part)) if isinstance(part, str) else None
         ann = getattr(field, "annotation", None)
+        # an optional section (`X | None`) owns its keys like a required one
+        ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         model = ann

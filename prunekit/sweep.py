@@ -128,6 +128,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True,
     With `run=False` nothing is trained: the tables are rebuilt from the finished cells only.
     """
     from prunekit.data import load_dataset
+    from prunekit.data.stream import stream_if_asked
     from prunekit.pipeline import run_pipeline
     from prunekit.recipe import recipe_to_yaml
 
@@ -159,7 +160,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True,
             continue
         if data is None:
             d = base.data
-            data = load_dataset(d.name, d.data_dir, d.download, **d.options)
+            data = stream_if_asked(d) or load_dataset(d.name, d.data_dir, d.download, **d.options)
         atomic_write_text(out / "recipe.yaml", texts[cell.name])
         summary = run_pipeline(recipes[cell.name], out, data, resume=True, progress=progress,
                                log=log if progress else (lambda s: None))

@@ -2,8 +2,11 @@
 
 The loop knows nothing about pruning methods: it holds pruned weights at zero through a
 MaskSet and calls optional step hooks (gradual pruning, drop-and-regrow) after each
-optimizer step. All randomness comes from generators seeded by (seed, stage, epoch), so a
-run resumed from an epoch checkpoint replays exactly what an uninterrupted run does.
+optimizer step. Batches come from a BatchSource (in-memory tensors here, a streamed image
+folder in prunekit.data.stream). The data order comes from a generator seeded by (seed,
+stage, epoch) and each batch's augmentation from one seeded by (seed, stage, epoch, step), so
+a run resumed from an epoch or mid-epoch checkpoint replays exactly what an uninterrupted
+run does.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from prunekit.data.augment import AugmentConfig, augment_batch
 from prunekit.distributed import all_reduce_sum, info, shard, wrap_model
 from prunekit.errors import TrainingDiverged
 from prunekit.execution import Forward, training_layout, use_channels_last, use_compile
@@ -67,7 +71,17 @@ def derive_seed(*parts: int) -> int:
 
 def epoch_generator(seed: int, stage: int, epoch: int) -> torch.Generator:
     """The generator that fixes one epoch's data order (independent of earlier epochs)."""
-    return torch.Generator().manual_seed(derive_seed(seed, stage, epoch, 0))
+    return torch.Generator().manual_seed(epoch_order_seed(seed, stage, epoch))
+
+
+def epoch_order_seed(seed: int, stage: int, epoch: int) -> int:
+    """The seed of one epoch's sample order (what `epoch_generator` is seeded with)."""
+    return derive_seed(seed, stage, epoch, 0)
+
+
+def epoch_augment_seed(seed: int, stage: int, epoch: int) -> int:
+    """The seed of one epoch's augmentation; step k of the epoch uses derive_seed(this, k)."""
+    return derive_seed(seed, stage, epoch, 2)
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None,
@@ -121,6 +135,41 @@ def masked_update(loss: Tensor, optimizer: torch.optim.Optimizer, masks: MaskSet
         masks.apply()
 
 
+class BatchSource(Protocol):
+    """Where an epoch's batches come from: in-memory tensors or a streaming loader."""
+
+    def steps(self) -> int:
+        """Optimizer steps in one epoch."""
+
+    def batches(self, order_seed: int, start_step: int) -> Iterator[tuple[Tensor, Tensor, Tensor, int]]:
+        """This rank's (x, y, positions in the global batch, global batch size) from `start_step` on."""
+
+    def prepare(self, x: Tensor, device: torch.device | str) -> Tensor:
+        """A batch as the model's float input on `device`."""
+
+
+class TensorSource:
+    """In-memory (x, y): every rank draws the same global batch and trains on its contiguous shard."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, order: Tensor | None = None):
+        self.x, self.y, self.batch_size, self.order = x, y, batch_size, order
+
+    def steps(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def batches(self, order_seed: int, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor, int]]:
+        order = self.order
+        if order is None:
+            order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(order_seed))
+        for i in range(start_step * self.batch_size, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            positions = shard(torch.arange(len(idx)))
+            yield shard(self.x[idx]), shard(self.y[idx]), positions, len(idx)
+
+    def prepare(self, x: Tensor, device: torch.device | str) -> Tensor:
+        return x.to(device, non_blocking=True)
+
+
 class StepHook(Protocol):
     """Called after every optimizer step; may change masks (gradual pruning, SET/RigL)."""
 
@@ -151,13 +200,57 @@ class TrainLoop:
 
     def train_epoch(self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator,
                     desc: str = "train", progress: bool = True) -> dict[str, float]:
-        """One pass over (x, y); returns mean loss, accuracy, lr and wall time."""
+        """One pass over in-memory (x, y) in the order `generator` draws; see `run_epoch`."""
+        order = torch.randperm(len(x), generator=generator)
+        return self.run_epoch(TensorSource(x, y, batch_size, order=order), 0, desc=desc, progress=progress)
+
+    def run_epoch(self, source: "BatchSource", order_seed: int, *, augment: AugmentConfig | None = None,
+                  augment_seed: int = 0, start_step: int = 0, partial: Tensor | None = None,
+                  on_step: Callable[[int, Tensor], None] | None = None, desc: str = "train",
+                  progress: bool = True) -> dict[str, float]:
+        """One epoch over `source` from step `start_step`; returns mean loss, accuracy, lr and wall time.
+
+        `order_seed` fixes the epoch's sample order, `augment_seed` (with the step) each batch's
+        augmentation. `partial` carries (loss sum, correct, seen) of the steps before `start_step`
+        from a mid-epoch checkpoint, so the epoch's statistics match an uninterrupted run;
+        `on_step(steps_done, sums)` runs after every step (mid-epoch checkpoints).
+        """
         self.model.train()
         start = time.perf_counter()
+        # loss sum, correct, seen: float64 so a resumed epoch adds up exactly like an uninterrupted one
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if partial is not None:
+            sums += partial.to(self.device)
+        # NHWC only while stepping: hooks see it too, everything after the epoch sees NCHW
         with training_layout(self.model, self.masks, self.channels_last):
-            total_loss, correct, seen = self._run_batches(x, y, batch_size, generator, desc, progress)
-        totals = all_reduce_sum(torch.stack([total_loss.double(), correct.double(),
-                                             torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
+            amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.cfg.amp)
+            steps = source.steps()
+            bar = tqdm(total=steps, initial=start_step, desc=desc, leave=False, unit="step", mininterval=1.0,
+                       disable=not progress or not info().is_main)
+            images = 0  # global images since this call began, for the bar's images/s (data loading included)
+            for step, (xb, yb, positions, global_size) in enumerate(source.batches(order_seed, start_step), start_step):
+                xb, yb = source.prepare(xb, self.device), yb.to(self.device, non_blocking=True)
+                if augment is not None and augment.active:
+                    gen = torch.Generator().manual_seed(derive_seed(augment_seed, step))
+                    xb = augment_batch(xb, augment, gen, positions, global_size)
+                with amp:
+                    out = self.net(xb)
+                    loss = self.loss_fn(out.float(), yb)
+                masked_update(loss, self.optimizer, self.masks, self.cfg.grad_clip)
+                self.scheduler.step()
+                self.step += 1
+                for hook in self.hooks:
+                    hook(self, self.step)
+                sums[0] += loss.detach().double() * len(xb)
+                sums[1] += (out.detach().argmax(1) == yb).sum()
+                sums[2] += len(xb)
+                images += global_size
+                bar.set_postfix_str(f"{images / max(1e-9, time.perf_counter() - start):.0f} img/s", refresh=False)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(step + 1, sums)
+            bar.close()
+        totals = all_reduce_sum(sums.clone())
         mean_loss, correct, seen = float(totals[0]) / max(1.0, float(totals[2])), int(totals[1]), int(totals[2])
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"training loss became {mean_loss} in epoch '{desc}'; lower the learning rate "
@@ -165,34 +258,21 @@ class TrainLoop:
         return {"train_loss": mean_loss, "train_acc": correct / max(1, seen),
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - start}
 
-    def _run_batches(self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, desc: str,
-                     progress: bool) -> tuple[Tensor, Tensor, int]:
-        """The optimizer steps of one epoch; returns this rank's (loss sum, correct count, samples)."""
-        total_loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
-        n_batches = math.ceil(len(x) / batch_size)
-        amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.cfg.amp)
-        for xb, yb in tqdm(batches(x, y, batch_size, generator), total=n_batches, desc=desc, leave=False,
-                           disable=not progress or not info().is_main, mininterval=1.0):
-            # every rank draws the same global batch; each trains on its own shard of it
-            xb, yb = shard(xb).to(self.device, non_blocking=True), shard(yb).to(self.device, non_blocking=True)
-            with amp:
-                out = self.net(xb)
-                loss = self.loss_fn(out.float(), yb)
-            masked_update(loss, self.optimizer, self.masks, self.cfg.grad_clip)
-            self.scheduler.step()
-            self.step += 1
-            for hook in self.hooks:
-                hook(self, self.step)
-            total_loss += loss.detach() * len(xb)
-            correct += (out.detach().argmax(1) == yb).sum()
-            seen += len(xb)
-        return total_loss, correct, seen
-
     def state_dict(self) -> dict:
         """Optimizer, schedule and step count (for checkpoints)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step}
+
+    def mid_epoch_state(self, sums: Tensor) -> dict:
+        """`state_dict` plus what continuing inside an epoch needs: the global RNG state and the
+        epoch's (loss, correct, seen) sums so far, summed over ranks (every rank calls this at the
+        same step, so the all-reduce is safe)."""
+        return {**self.state_dict(), "rng": torch.get_rng_state(), "sums": all_reduce_sum(sums.clone()).cpu()}
+
+    def resume_mid_epoch(self, state: dict) -> Tensor | None:
+        """Restore `mid_epoch_state`'s RNG; return the sums this rank continues the epoch from
+        (rank 0 carries the ranks' total, the others start at zero)."""
+        torch.set_rng_state(state["rng"])
+        return state["sums"] if info().is_main else None
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` saved."""

@@ -3,6 +3,8 @@
 Registered names: embedded (default; ships with the package), fashion-mnist, mnist, cifar10,
 cifar100, imagefolder, synthetic. Every loader returns normalized float32 N x C x H x W images
 and int64 labels; `limit_train` / `limit_test` shrink either split to a class-balanced subset.
+An image folder too large for memory is streamed instead (prunekit.data.stream, chosen by the
+recipe's `data.streaming`); training-batch augmentation lives in prunekit.data.augment.
 """
 
 from __future__ import annotations
