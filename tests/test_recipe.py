@@ -13,7 +13,7 @@ def test_default_recipe_is_the_main_job():
     assert r.model.name == "lenet5" and r.data.name == "embedded" and r.baseline is True
     kinds = [s.kind for s in plan_stages(r)]
     assert kinds == ["prune", "train"]
-    assert plan_stages(r)[0].settings.sparsity == 0.9 and plan_stages(r)[0].settings.criterion == "magnitude"
+    assert plan_stages(r)[0].settings.sparsity == 0.98 and plan_stages(r)[0].settings.criterion == "grasp"
 
 
 @pytest.mark.parametrize("data, fragments", [
