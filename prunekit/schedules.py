@@ -81,10 +81,12 @@ class GradualPruning:
     """Step hook: at every update step, score and prune to the polynomial schedule's sparsity."""
 
     def __init__(self, env: SparsifyEnv, criterion, structure, allocation: str, start: int, end: int,
-                 every: int, initial: float, final: float, power: float = 3.0, prevent_collapse: bool = False):
+                 every: int, initial: float, final: float, power: float = 3.0, prevent_collapse: bool | None = None,
+                 normalize: str = "auto", output_layer: str = "keep"):
         self.env, self.criterion, self.structure, self.allocation = env, criterion, structure, allocation
         self.start, self.end, self.every = start, end, every
         self.initial, self.final, self.power, self.prevent_collapse = initial, final, power, prevent_collapse
+        self.normalize, self.output_layer = normalize, output_layer
 
     def sparsity_at(self, step: int) -> float:
         """The schedule's target sparsity at `step`."""
@@ -102,7 +104,8 @@ class GradualPruning:
         sctx = ScoringContext(model, masks, self.env.data, self.env.device, derive_seed(self.env.seed, step))
         scores = self.criterion.score(sctx)
         model.train(was_training)
-        masks.set(compute_masks(scores, masks, density, self.allocation, self.structure, self.prevent_collapse))
+        masks.set(compute_masks(scores, masks, density, self.allocation, self.structure, self.prevent_collapse,
+                                self.normalize, self.output_layer))
 
 
 @SPARSIFIERS.register("gradual")
@@ -115,7 +118,7 @@ def gradual(cfg: SparsifyConfig, env: SparsifyEnv, epochs: int) -> GradualPrunin
     return GradualPruning(env, create_criterion(cfg.criterion, **cfg.options),
                           create_structure(cfg.structure, reduce=cfg.reduce, **cfg.structure_options),
                           cfg.allocation, start, end, cfg.every, cfg.initial_sparsity, cfg.sparsity, cfg.power,
-                          cfg.prevent_collapse)
+                          cfg.prevent_collapse, cfg.normalize, cfg.output_layer)
 
 
 def build_sparsify_hooks(cfg: SparsifyConfig | None, env: SparsifyEnv, epochs: int) -> list:

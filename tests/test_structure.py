@@ -104,18 +104,35 @@ def test_kernel_removes_whole_kernels_ranked_by_norm():
         assert int((s == 9).sum()) == round(len(s) * 0.4)
 
 
-@pytest.mark.parametrize("density", [0.5, 0.3])
-def test_window_kernel_combines_both(density):
+@pytest.mark.parametrize("allocation", ["global", "uniform", "erk"])
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.1])
+def test_window_kernel_combines_both_with_the_layers_own_count(density, allocation):
     ms = conv_masks()
     struct = create_structure("window_kernel", reduce="l2")
-    new = compute_masks(magnitude(ms), ms, density, "global", struct)
-    cap = math.ceil(9 * density / density**0.5)
-    n_kernels = sum(windows(m).shape[0] for m in new.values())
-    kept_kernels = sum(int((windows(m).sum(1) > 0).sum()) for m in new.values())
-    assert abs(kept_kernels - round(n_kernels * density**0.5)) <= 1
-    for m in new.values():
-        assert windows(m).sum(1).max() <= cap
-    assert abs(sum(int(m.sum()) for m in new.values()) - round(ms.numel() * density)) <= cap
+    new = compute_masks(magnitude(ms), ms, density, allocation, struct)
+    for name, m in new.items():
+        count, n_k = int(m.sum()), windows(m).shape[0]
+        if allocation == "uniform":
+            assert count == round(m.numel() * density)  # exact per layer
+        d = count / m.numel()
+        kept_kernels = int((windows(m).sum(1) > 0).sum())
+        assert kept_kernels <= max(math.ceil(count / 9), round(n_k * d**0.5))
+        # every surviving kernel holds at most the even share of the layer's count
+        assert windows(m).sum(1).max() <= math.ceil(count / kept_kernels)
+        # kernels are ranked by L2 norm: every kept kernel outranks every removed one
+        norms = windows(ms.params[name].detach()).norm(dim=1)
+        alive = windows(m).sum(1) > 0
+        assert norms[alive].min() >= norms[~alive].max()
+    if allocation == "global":
+        assert sum(int(m.sum()) for m in new.values()) == round(ms.numel() * density)
+
+
+def test_window_kernel_uniform_lenet5_conv1_keeps_exactly_its_share():
+    from prunekit.models import create_model
+
+    ms = MaskSet.from_model(create_model("lenet5"), types=["conv"])
+    new = compute_masks(magnitude(ms), ms, 0.1, "uniform", "window_kernel")
+    assert [int(m.sum()) for m in new.values()] == [50, 2500]  # 500 and 25000 weights
 
 
 @pytest.mark.parametrize("name", ["window", "kernel", "window_kernel"])
