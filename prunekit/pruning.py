@@ -74,8 +74,10 @@ def compute_masks(
     alive = {n: masks.masks[n] for n in masks.names}
     held = [masks.output] if struct.removes_units and output_layer == "keep" and masks.output in alive else []
     rest = {n: m for n, m in alive.items() if n not in held}
-    if held and rest:
+    if held:
         density = _rest_density(alive, held, density)
+        if not rest:
+            return {n: m.clone() for n, m in alive.items()}
     if hasattr(struct, "check_density"):
         struct.check_density(density)
     if struct.per_layer:
@@ -93,13 +95,13 @@ def _rest_density(alive: dict[str, Tensor], held: list[str], density: float) -> 
     kept_held = sum(int(alive[n].count_nonzero()) for n in held)
     numel_rest = total - sum(alive[n].numel() for n in held)
     budget = round(total * density) - kept_held
-    if budget <= 0:
+    if budget <= 0 or (numel_rest == 0 and budget < kept_held):
         raise ConfigError(
             f"the output layer '{held[0]}' keeps all its {kept_held} weights (every class; output_layer: keep), "
             f"which is the whole budget of density {density:.4g}. Lower the sparsity, keep the output layer out "
             "of pruning (prunable.last_layer: dense), or set output_layer: prune to remove classes."
         )
-    return min(1.0, budget / numel_rest)
+    return min(1.0, budget / max(1, numel_rest))
 
 
 def layer_counts(scores: dict[str, Tensor], alive: dict[str, Tensor], density: float, allocation: str,

@@ -80,17 +80,69 @@ def test_window_every_kernel_holds_at_most_its_share_and_total_is_exact(density)
     assert sum(int(m.sum()) for m in new.values()) == round(ms.numel() * density)
 
 
-def test_window_with_explicit_m():
+def test_window_m_fixes_the_pattern_and_keeps_each_windows_best():
     ms = conv_masks()
-    new = compute_masks(magnitude(ms), ms, 2 / 9, "uniform", create_structure("window", m=2))
-    for m in new.values():
-        assert windows(m).sum(1).max() <= 2
-    # the window keeps its largest weights
-    w = windows(ms.params["2.weight"].detach().abs())
-    k = windows(new["2.weight"])
-    for row, keep in zip(w, k):
-        if keep.sum() > 0 and keep.sum() < 9:
-            assert row[keep == 1].min() >= row[keep == 0].max()
+    scores = magnitude(ms)
+    masks = {m: compute_masks(scores, ms, 0.2, "uniform", create_structure("window", m=m)) for m in (2, 4, 8)}
+    for m, new in masks.items():
+        for name, mask in new.items():
+            assert windows(mask).sum(1).max() <= m
+            assert int(mask.sum()) == round(mask.numel() * 0.2)
+            # kept weights are the layer's best among each window's top-m
+            w, k = windows(scores[name]), windows(mask)
+            for row, keep in zip(w, k):
+                if 0 < keep.sum() < 9:
+                    assert row[keep == 1].min() >= torch.sort(row, descending=True).values[int(keep.sum()) - 1]
+    assert not torch.equal(masks[2]["2.weight"], masks[8]["2.weight"])  # m changes the masks
+    with pytest.raises(ConfigError, match=r"window m=1 keeps at most 1 of every 9.*raise m to 5"):
+        compute_masks(scores, ms, 0.5, "uniform", create_structure("window", m=1))
+
+
+def test_channel_global_keeps_every_layer_and_sum_ranks_like_mean():
+    from prunekit.models import create_model
+
+    ms = MaskSet.from_model(create_model("lenet5"))
+    scores = magnitude(ms)
+    alive = {}
+    for reduce in ("sum", "mean"):
+        new = compute_masks(scores, ms, 0.5, "global", create_structure("channel", reduce=reduce))
+        alive[reduce] = {n: int(m.reshape(m.shape[0], -1).any(1).sum()) for n, m in new.items()}
+    assert alive["sum"] == alive["mean"]
+    assert alive["sum"]["9.weight"] == 10  # every class kept
+    assert all(v > 0 for v in alive["sum"].values())
+    # the raw sum ranking (normalize: none, no floor) is the dead network the normalisation prevents
+    raw = compute_masks(scores, ms, 0.5, "global", "channel", prevent_collapse=False, normalize="none")
+    assert int(raw["0.weight"].sum()) == 0 and int(raw["3.weight"].sum()) == 0
+
+
+def test_output_layer_rows_are_kept_unless_asked():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(16 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 8))
+    ms = MaskSet.from_model(net)
+    scores = magnitude(ms)
+    scores["7.weight"] = scores["7.weight"] * 1e-3  # the classifier scores lowest everywhere
+    kept = compute_masks(scores, ms, 0.3, "global", "channel", normalize="none")
+    assert bool(kept["7.weight"].all())
+    assert sum(int(m.sum()) for m in kept.values()) == pytest.approx(round(ms.numel() * 0.3), abs=256)
+    pruned = compute_masks(scores, ms, 0.3, "global", "channel", normalize="none", output_layer="prune")
+    assert int(pruned["7.weight"].any(1).sum()) == 1  # only the collapse floor's best row
+
+
+def test_collapse_floor_keeps_each_units_best_group_inside_the_budget():
+    ms = conv_masks()  # 288 + 1152 weights; the floor is 8 + 16 kernels = 216 weights
+    scores = magnitude(ms)
+    scores["2.weight"] = scores["2.weight"] * 1e-6  # would be emptied by one raw threshold
+    new = compute_masks(scores, ms, 0.2, "global", "kernel", normalize="none")  # floor on by default
+    rows = windows(new["2.weight"]).reshape(16, 8, 9).sum((1, 2))
+    assert bool((rows == 9).all())  # every output filter kept exactly its best kernel
+    best = windows(scores["2.weight"]).reshape(16, 8, 9).sum(2).argmax(1)
+    assert bool((windows(new["2.weight"]).reshape(16, 8, 9)[torch.arange(16), best].sum(1) == 9).all())
+    assert sum(int(m.sum()) for m in new.values()) == round(ms.numel() * 0.2)  # floor inside the budget
+    off = compute_masks(scores, ms, 0.2, "global", "kernel", normalize="none", prevent_collapse=False)
+    assert int(off["2.weight"].sum()) == 0
+    with pytest.raises(ConfigError, match=r"prevent_collapse keeps the best group of every output unit \(216"):
+        compute_masks(scores, ms, 0.1, "global", "kernel", normalize="none")
 
 
 def test_kernel_removes_whole_kernels_ranked_by_norm():
