@@ -214,3 +214,24 @@ def test_every_structure_only_removes_and_never_revives(name):
 def test_unknown_structure_option_is_a_clear_error():
     with pytest.raises(ConfigError, match="no option 'mm'.*Did you mean 'm'"):
         create_structure("window", mm=2)
+
+
+@pytest.mark.parametrize("prevent_collapse", [False, None])
+def test_train_stage_warns_when_its_mask_updates_empty_a_layer(prevent_collapse, tmp_path):
+    from prunekit.data import load_dataset
+    from prunekit.pipeline import run_pipeline
+    from prunekit.recipe import recipe_from_dict
+
+    sparsify = {"method": "gradual", "sparsity": 0.7, "every": 1, "end_epoch": 1, "structure": "channel",
+                "normalize": "none", "prevent_collapse": prevent_collapse}
+    recipe = recipe_from_dict({
+        "model": {"name": "lenet300"}, "data": {"name": "synthetic", "batch_size": 32, "options": {"image_size": 12}},
+        "baseline": False, "train": {"epochs": 1, "lr": 0.05}, "stages": [{"train": {"sparsify": sparsify}}]})
+    data = load_dataset("synthetic", n_train=64, n_test=32, image_size=12)
+    logged = []
+    summary = run_pipeline(recipe, tmp_path, data, progress=False, log=logged.append)
+    warned = [line for line in logged if "WARNING layer collapse" in line]
+    if prevent_collapse is False:  # raw sums rank the small output layer's rows last: it empties
+        assert summary["collapsed_layers"] and warned and summary["collapsed_layers"][0] in warned[0]
+    else:  # default for structured global: the floor keeps every layer
+        assert summary["collapsed_layers"] == [] and warned == []
