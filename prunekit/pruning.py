@@ -83,7 +83,7 @@ def compute_masks(
     if struct.per_layer:
         counts = layer_counts(checked, rest, density, allocation, prevent_collapse, norm,
                               same_density=getattr(struct, "same_density", False))
-        new = {n: struct.select_layer(n, checked[n], m, counts[n]).to(m) * m for n, m in rest.items()}
+        new = {n: struct.select_layer(n, checked[n], m, counts[n], prevent_collapse).to(m) * m for n, m in rest.items()}
     else:
         new = _select(checked, rest, density, allocation, struct, prevent_collapse, norm)
     return {n: new[n] if n in new else alive[n].clone() for n in masks.names}

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from prunekit.allocate import select_top
+from prunekit.allocate import select_top, unit_floor
 from prunekit.errors import ConfigError
 from prunekit.structure import STRUCTURES, KernelStructure, Structure, WeightStructure, _check_conv, _check_fallback
 
@@ -46,10 +46,17 @@ def even_cap(live: Tensor, count: int, size: int) -> int:
     return int(reach[0]) if len(reach) else size
 
 
-def top_weights(score: Tensor, alive: Tensor, count: int) -> Tensor:
-    """0/1 mask keeping the `count` best live weights of one tensor (unstructured fallback)."""
+def top_weights(score: Tensor, alive: Tensor, count: int, floor: bool = False) -> Tensor:
+    """0/1 mask keeping the `count` best live weights of one tensor (unstructured fallback).
+
+    With `floor`, every output unit's best live weight is kept first (the collapse floor).
+    """
     key = torch.where(alive.bool(), score.double(), torch.full_like(score, float("-inf"), dtype=torch.float64))
-    keep = select_top(key.reshape(-1).cpu(), torch.ones(key.numel(), dtype=torch.long), count)
+    key = key.reshape(-1).cpu()
+    if floor:
+        rows = torch.arange(alive.shape[0]).repeat_interleave(alive[0].numel())
+        key[unit_floor(key, rows)] = float("inf")
+    keep = select_top(key, torch.ones(key.numel(), dtype=torch.long), count)
     return keep.view(alive.shape).to(alive.device).float()
 
 
@@ -89,13 +96,17 @@ class LocalStructure(WeightStructure):
         """Most weights one local group may keep when the layer keeps `count` (default: the even share)."""
         return even_cap(live, count, size)
 
-    def select_layer(self, name: str, score: Tensor, alive: Tensor, count: int) -> Tensor:
-        """0/1 mask of one layer keeping exactly `count` live weights in the pattern."""
+    def select_layer(self, name: str, score: Tensor, alive: Tensor, count: int, floor: bool = False) -> Tensor:
+        """0/1 mask of one layer keeping exactly `count` live weights in the pattern.
+
+        `floor` (the collapse floor) applies to the unstructured fallback of linear layers;
+        inside the pattern the even share already spreads the count over every output unit.
+        """
         alive = alive.bool()
         if count <= 0:
             return torch.zeros_like(alive, dtype=torch.float32)
         if not self.applies(alive.shape):
-            return top_weights(score, alive, count)
+            return top_weights(score, alive, count, floor)
         la, ls = self.local(alive), self.local(score.double())
         size = la.shape[1]
         rank = rank_in_group(ls, la)
@@ -232,13 +243,13 @@ class WindowKernelStructure(Structure):
     def ungroup(self, g: Tensor, shape: torch.Size) -> Tensor:
         return self.kernel.ungroup(g, shape)
 
-    def select_layer(self, name: str, score: Tensor, alive: Tensor, count: int) -> Tensor:
+    def select_layer(self, name: str, score: Tensor, alive: Tensor, count: int, floor: bool = False) -> Tensor:
         """0/1 mask of one layer: kernels by kernel score, then windows, exactly `count` weights."""
         alive = alive.bool()
         if count <= 0:
             return torch.zeros_like(alive, dtype=torch.float32)
         if alive.dim() < 3:
-            return top_weights(score, alive, count)
+            return top_weights(score, alive, count, floor)
         kscore = self.kernel.group_scores(score, alive)
         live = self.kernel.grouped(alive).sum(1).cpu()
         size = self.kernel.group_size(alive.shape)

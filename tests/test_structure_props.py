@@ -108,6 +108,12 @@ def test_every_structure_allocation_and_model(model, structure, allocation, dens
             assert torch.all(m <= before[n])  # never revives
             assert m.sum() > 0, f"{n} emptied by {structure} x {allocation} at {density}"
             check_invariant(struct, n, m, int(m.sum()), before[n])
+        if allocation == "global" and struct.name != "weight" and not struct.removes_units:
+            for n, m in new.items():  # the collapse floor: every output unit that had a weight keeps one
+                whole = not struct.per_layer and len(struct.group_units(m.shape)) == m.shape[0]  # a group = a unit
+                if not whole and not (struct.per_layer and m.dim() > 2 and struct.name != "nm"):  # patterns: even
+                    had = before[n].reshape(m.shape[0], -1).any(1)
+                    assert bool(m.reshape(m.shape[0], -1).any(1)[had].all()), n
         if struct.removes_units:  # every class of the output layer stays
             assert bool(new[masks.output].reshape(new[masks.output].shape[0], -1).any(1).all())
         if first:  # exact counts (from a dense start)
