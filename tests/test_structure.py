@@ -235,3 +235,15 @@ def test_train_stage_warns_when_its_mask_updates_empty_a_layer(prevent_collapse,
         assert summary["collapsed_layers"] and warned and summary["collapsed_layers"][0] in warned[0]
     else:  # default for structured global: the floor keeps every layer
         assert summary["collapsed_layers"] == [] and warned == []
+
+
+def test_im2col_conv_equals_the_conv_and_a_2_4_conv_is_a_2_4_matrix():
+    from prunekit.semi_structured import Im2colConv2d, conv_matrix, is_2_4
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, stride=2, padding=1, dilation=1)
+    ms = MaskSet(nn.Sequential(conv), ["0.weight"])
+    ms.set(compute_masks(magnitude(ms), ms, 0.5, "uniform", "nm"))
+    assert is_2_4(conv_matrix(conv.weight)) and not is_2_4(conv.weight.reshape(6, -1))  # the layout matters
+    x = torch.randn(2, 8, 9, 7)
+    assert torch.allclose(Im2colConv2d(conv)(x), conv(x), atol=1e-5)
