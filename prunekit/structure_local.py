@@ -200,6 +200,12 @@ class WindowStructure(LocalStructure):
     def unlocal(self, g: Tensor, shape: torch.Size) -> Tensor:
         return g.reshape(shape)
 
+    def max_density(self, shape: torch.Size) -> float:
+        """Highest density the pattern allows in a tensor of `shape` (m per kh*kw window; 1 without m)."""
+        if self.m is None or not self.applies(shape):
+            return 1.0
+        return min(1.0, self.m / math.prod(shape[2:]))
+
     def cap(self, name: str, count: int, live: Tensor, size: int) -> int:
         if self.m is None:
             return even_cap(live, count, size)

@@ -247,3 +247,21 @@ def test_im2col_conv_equals_the_conv_and_a_2_4_conv_is_a_2_4_matrix():
     assert is_2_4(conv_matrix(conv.weight)) and not is_2_4(conv.weight.reshape(6, -1))  # the layout matters
     x = torch.randn(2, 8, 9, 7)
     assert torch.allclose(Im2colConv2d(conv)(x), conv(x), atol=1e-5)
+
+
+def test_gradual_window_m_must_start_inside_the_pattern_and_ends_at_m_per_kernel():
+    from prunekit.recipe import SparsifyConfig
+    from prunekit.schedules import SparsifyEnv, build_sparsify_hooks
+
+    model = convnet()
+    masks = MaskSet.from_model(model, types=["conv"])
+    env = SparsifyEnv(model, masks, None, torch.device("cpu"), 0, steps_per_epoch=10, total_steps=30)
+    cfg = dict(sparsity=0.9, start_epoch=0, end_epoch=2, every=5, structure="window", structure_options={"m": 2})
+    with pytest.raises(ConfigError, match=r"window m=2 keeps at most 0.2222 of '0.weight'.*initial_sparsity >= 0.7778"):
+        build_sparsify_hooks(SparsifyConfig(**cfg), env, epochs=3)
+    (hook,) = build_sparsify_hooks(SparsifyConfig(**cfg, initial_sparsity=0.8), env, epochs=3)
+    for step in range(0, 21):
+        hook(None, step)
+    assert masks.sparsity() == pytest.approx(0.9, abs=1 / masks.numel())
+    for m in masks.masks.values():
+        assert windows(m).sum(1).max() <= 2
