@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python benchmarks/bench_structure.py      # writes benchmarks/results/structure.md
     PYTHONPATH=. python benchmarks/bench_structure.py --densities 0.5 0.3 0.1 0.02
+    PYTHONPATH=. python benchmarks/bench_structure.py --collapse [--dataset fashion-mnist --epochs 10]
+                                                           # writes benchmarks/results/structure_collapse.md
 
 For every (model, granularity, allocation, target density) it prunes a freshly built model
 (magnitude scores, BatchNorm given random statistics so a live shift would show) and
@@ -12,12 +14,19 @@ granularity does not fit (N:M on 3 input channels, blocks that do not tile) are 
 of that row's masks and counted. A second table shows what the per-layer normalisation and
 the collapse floor change for global channel pruning. No training: figures are exact and
 take about a minute on one core.
+
+`--collapse` trains instead: every pruning-at-init method at 99.5% sparsity on lenet300 and
+lenet5, with and without `prevent_collapse`, through `prunekit sweep` (one seed), and
+tabulates accuracy and collapsed layers side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +41,8 @@ from prunekit.structure import create_structure
 from prunekit.surgery import shrink
 
 OUT = Path("benchmarks/results/structure.md")
+COLLAPSE_OUT = Path("benchmarks/results/structure_collapse.md")
+PAI_METHODS = "random,magnitude,snip,grasp,synflow"
 MODELS = {  # name -> (factory kwargs, input shape)
     "lenet5": ({}, (1, 28, 28)),
     "resnet20": ({"in_channels": 3, "image_size": (32, 32)}, (3, 32, 32)),
@@ -111,11 +122,42 @@ def fmt(row: dict) -> str:
                    f"{row['diff']:.1e} | {row['left_out']} |")
 
 
+def collapse(dataset: str, epochs: int, sparsity: float, workdir: Path) -> None:
+    """Accuracy at `sparsity` with and without the collapse floor, every PaI method, lenet300 and lenet5."""
+    lines = [f"## Layer collapse at {sparsity:.1%} sparsity: prevent_collapse off vs on", "",
+             f"`PYTHONPATH=. python benchmarks/bench_structure.py --collapse --dataset {dataset} --epochs {epochs}` "
+             f"(prunekit sweep, seed 0, {epochs} epochs on `{dataset}`, global unstructured allocation). The floor "
+             "keeps every output unit's best weight inside the budget. Chance is 10%.", "",
+             "| model | method | acc %, off | collapsed layers, off | acc %, on | collapsed layers, on |",
+             "|---|---|---:|---:|---:|---:|"]
+    for model in ("lenet300", "lenet5"):
+        res = {}
+        for flag in ("--no-prevent-collapse", "--prevent-collapse"):
+            out = workdir / f"{model}{flag}"
+            subprocess.run([sys.executable, "-m", "prunekit", "sweep", "--model", model, "--dataset", dataset,
+                            "--epochs", str(epochs), "--methods", PAI_METHODS, "--sparsities", str(sparsity),
+                            "--seeds", "0", "--no-dense", flag, "--quiet", "--sweep-dir", str(out)], check=True)
+            with open(out / "results.csv") as f:
+                res[flag] = {r["method"]: r for r in csv.DictReader(f)}
+        for method in PAI_METHODS.split(","):
+            off, on = res["--no-prevent-collapse"][method], res["--prevent-collapse"][method]
+            lines.append(f"| {model} | {method} | {100 * float(off['test_acc']):.2f} | {off['collapsed']} | "
+                         f"{100 * float(on['test_acc']):.2f} | {on['collapsed']} |")
+    COLLAPSE_OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.5, 0.1])
+    parser.add_argument("--collapse", action="store_true", help="train: PaI methods at 99.5%% with/without the floor")
+    parser.add_argument("--dataset", default="embedded")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--workdir", type=Path, default=Path("benchmarks/results/cache/structure_collapse"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.collapse:
+        return collapse(args.dataset, args.epochs, 0.995, args.workdir)
     t0 = time.perf_counter()
     rows = [one(m, s, a, d) for m in MODELS for s in STRUCTURES for a in ALLOCATIONS for d in args.densities]
     raw = [one(m, "channel", "global", d, **opts) for m in MODELS for d in (0.7, 0.5, 0.3)

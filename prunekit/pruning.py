@@ -95,10 +95,11 @@ def _rest_density(alive: dict[str, Tensor], held: list[str], density: float) -> 
     kept_held = sum(int(alive[n].count_nonzero()) for n in held)
     numel_rest = total - sum(alive[n].numel() for n in held)
     budget = round(total * density) - kept_held
-    if budget <= 0 or (numel_rest == 0 and budget < kept_held):
+    if budget < 0 or (budget == 0 and numel_rest > 0):  # the other layers would have to be emptied
         raise ConfigError(
             f"the output layer '{held[0]}' keeps all its {kept_held} weights (every class; output_layer: keep), "
-            f"which is the whole budget of density {density:.4g}. Lower the sparsity, keep the output layer out "
+            f"and density {density:.4g} keeps {round(total * density)} in all: nothing is left for the other "
+            "layers. Lower the sparsity, keep the output layer out "
             "of pruning (prunable.last_layer: dense), or set output_layer: prune to remove classes."
         )
     return min(1.0, budget / max(1, numel_rest))

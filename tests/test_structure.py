@@ -129,6 +129,12 @@ def test_output_layer_rows_are_kept_unless_asked():
     assert int(pruned["7.weight"].any(1).sum()) == 1  # only the collapse floor's best row
 
 
+def test_output_layer_larger_than_the_budget_is_refused_with_the_options():
+    ms = MaskSet.from_model(convnet())  # the 8 x 256 classifier holds 2048 of 3488 weights
+    with pytest.raises(ConfigError, match=r"'5.weight' keeps all its 2048.*keeps 1046 in all.*output_layer: prune"):
+        compute_masks(magnitude(ms), ms, 0.3, "global", "channel")
+
+
 def test_collapse_floor_keeps_each_units_best_group_inside_the_budget():
     ms = conv_masks()  # 288 + 1152 weights; the floor is 8 + 16 kernels = 216 weights
     scores = magnitude(ms)
