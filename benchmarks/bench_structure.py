@@ -127,7 +127,8 @@ def collapse(dataset: str, epochs: int, sparsity: float, workdir: Path) -> None:
     lines = [f"## Layer collapse at {sparsity:.1%} sparsity: prevent_collapse off vs on", "",
              f"`PYTHONPATH=. python benchmarks/bench_structure.py --collapse --dataset {dataset} --epochs {epochs}` "
              f"(prunekit sweep, seed 0, {epochs} epochs on `{dataset}`, global unstructured allocation). The floor "
-             "keeps every output unit's best weight inside the budget. Chance is 10%.", "",
+             "keeps every output unit's best weight inside the budget. Chance is 10%; a run at chance with no "
+             "collapsed layer has weights in every layer but no path that learns within this budget.", "",
              "| model | method | acc %, off | collapsed layers, off | acc %, on | collapsed layers, on |",
              "|---|---|---:|---:|---:|---:|"]
     for model in ("lenet300", "lenet5"):
