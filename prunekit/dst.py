@@ -6,7 +6,10 @@ allocation, ERK in the RigL paper) and, every `every` steps until `end`, in ever
 1. drop the k live weights of smallest magnitude, k = round(alpha_t * live count);
 2. regrow k weights among the positions that are inactive after the drop (a weight just
    dropped may come back, restarting from zero):
-   * SET (Mocanu et al. 2018): uniformly at random;
+   * SET (Mocanu et al. 2018): uniformly at random among the positions whose gradient on
+     one batch is non-zero (a position with an exactly zero gradient, e.g. one reading a
+     dead channel, would stay at zero forever and only waste the budget; only when too few
+     such positions remain are the others drawn, still at random);
    * RigL (Evci et al. 2020): the largest |dL/dw| of the dense gradient on one batch.
 
 alpha_t = alpha/2 * (1 + cos(pi * t / T_end)) (RigL, Eq. 2: cosine decay of the drop
@@ -78,7 +81,7 @@ class DropRegrow:
         if not self.is_update(step):
             return
         alpha = cosine_drop_fraction(step, self.start, self.end, self.alpha)
-        grads = self.dense_grads(loop, step) if self.regrow == "gradient" else None
+        grads = self.dense_grads(loop, step)
         gen = torch.Generator().manual_seed(derive_seed(self.env.seed, step, 7))
         masks, new = self.env.masks, {}
         for name in masks.names:
@@ -88,7 +91,10 @@ class DropRegrow:
                 continue
             dropped = _top(-param.detach().abs(), alive, k)  # smallest magnitudes among live weights
             candidates = ~(alive & ~dropped)
-            score = grads[name].abs() if grads is not None else torch.rand(param.shape, generator=gen).to(param.device)
+            if self.regrow == "gradient":
+                score = grads[name].abs()
+            else:  # random order, positions that can learn (non-zero gradient) first
+                score = torch.rand(param.shape, generator=gen).to(param.device) + (grads[name] != 0).to(param.dtype)
             grown = _top(score, candidates, k)
             param[grown] = 0.0  # regrown weights start at zero (also those just dropped and regrown)
             reset_moments(loop.optimizer, param, grown)

@@ -6,6 +6,16 @@ torch.save and torch.fx all keep working. Pruned entries are held at exactly zer
 two cheap in-place multiplies per training step: gradients are masked after
 `backward()` (so clipping and Adam statistics see the sparse gradient) and weights are
 masked after `optimizer.step()` (so momentum and weight decay cannot revive them).
+
+A channel whose whole weight row is masked is *dead*, but its layer bias and the
+following BatchNorm's gamma/beta would still emit a constant: the masked network would not
+be the one `shrink` produces. The MaskSet therefore also masks those entries (and resets
+the BatchNorm's running statistics for them) whenever masks change, and holds them at
+zero on every `apply()` / `mask_grads()` like the weights: a masked model and its shrunk
+copy give the same outputs, during training too.
+
+ConvTranspose weights are laid out [in, out, ...], the transpose of what every granularity
+assumes, so masking one is refused with a clear error rather than pruning the wrong axis.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ PRUNABLE_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
     "linear": (nn.Linear,),
 }
 LAYER_POLICIES = ("prune", "dense")
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.conv._ConvTransposeNd)
 
 
 def select_prunable(
@@ -88,10 +99,25 @@ class MaskSet:
         if missing:
             raise ConfigError(f"mask names {missing} are not parameters of the model.")
         self.params: dict[str, nn.Parameter] = {n: params[n] for n in self.names}
+        modules = dict(model.named_modules())
+        for n in self.names:
+            owner = modules.get(n.rsplit(".", 1)[0] if "." in n else "")
+            if isinstance(owner, nn.modules.conv._ConvTransposeNd):
+                raise ConfigError(
+                    f"'{n}' belongs to a {type(owner).__name__}, whose weight is laid out [in, out, ...]: channel, "
+                    "kernel and N:M masks would prune the wrong axis. Leave it out (prunable.exclude) or use "
+                    "unstructured pruning on a Conv/Linear layer."
+                )
+        layers = [name for name, m in modules.items() if isinstance(m, LAYER_TYPES) and getattr(m, "weight", None) is not None]
+        #: weight name of the model's last conv/linear layer (its rows are the classes) when it is masked
+        self.output: str | None = f"{layers[-1]}.weight" if layers and f"{layers[-1]}.weight" in self.names else None
+        self.model = model
         self.masks: dict[str, Tensor] = {
             n: torch.ones_like(p, dtype=p.dtype, memory_format=torch.contiguous_format)
             for n, p in self.params.items()
         }
+        self._chains = None  # fx channel analysis, traced the first time a channel dies
+        self.silenced: list[tuple[Tensor, Tensor]] = []  # (bias / BN tensor, 0/1 per channel) of dead channels
 
     @classmethod
     def from_model(cls, model: nn.Module, **selection) -> "MaskSet":
@@ -103,11 +129,14 @@ class MaskSet:
     def apply(self) -> None:
         """Zero the pruned weights in place (parameter identity is preserved)."""
         torch._foreach_mul_([self.params[n] for n in self.names], [self.masks[n] for n in self.names])
+        if self.silenced:
+            torch._foreach_mul_([t for t, _ in self.silenced], [k for _, k in self.silenced])
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradients of pruned weights in place (call after backward)."""
         pairs = [(p.grad, self.masks[n]) for n, p in self.params.items() if p.grad is not None]
+        pairs += [(t.grad, k) for t, k in self.silenced if t.grad is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
@@ -120,6 +149,7 @@ class MaskSet:
             if mask.shape != self.masks[name].shape:
                 raise ConfigError(f"mask for '{name}' has shape {tuple(mask.shape)}, expected {tuple(self.masks[name].shape)}.")
             self.masks[name].copy_(mask != 0)
+        self._find_dead_channels()
         self.apply()
         from prunekit.distributed import info, verify_agreement
 
@@ -129,7 +159,51 @@ class MaskSet:
     def to(self, device: torch.device | str) -> "MaskSet":
         """Move masks to `device` (parameters are moved by the model)."""
         self.masks = {n: m.to(device) for n, m in self.masks.items()}
+        self.silenced = [(t, k.to(device)) for t, k in self.silenced]
         return self
+
+    @torch.no_grad()
+    def _find_dead_channels(self) -> None:
+        """Collect the bias and following-BatchNorm entries of fully masked output channels.
+
+        Their running statistics are reset to mean 0 / var 1 here; with gamma = beta = 0
+        any statistics give 0, and the channel's input stays 0 while training.
+        """
+        modules = dict(self.model.named_modules())
+        self.silenced = []
+        for name in self.names:
+            mask = self.masks[name]
+            alive = mask.reshape(mask.shape[0], -1).any(1)
+            if bool(alive.all()):
+                continue
+            layer = name.rsplit(".", 1)[0] if "." in name else ""
+            mod = modules.get(layer)
+            if not name.endswith("weight") or mod is None:
+                continue
+            keep = alive.to(mask.dtype)
+            if isinstance(getattr(mod, "bias", None), Tensor):
+                self.silenced.append((mod.bias, keep.to(mod.bias.device)))
+            norm = self._norm_after(layer)
+            if norm is not None and norm.num_features == len(keep):
+                for t in (norm.weight, norm.bias):
+                    if t is not None:
+                        self.silenced.append((t, keep.to(t.device)))
+                if norm.running_mean is not None:
+                    dead = ~alive.to(norm.running_mean.device)
+                    norm.running_mean[dead] = 0
+                    norm.running_var[dead] = 1
+
+    def _norm_after(self, layer: str) -> nn.Module | None:
+        """The BatchNorm right after `layer` in the traced graph (None if none, or the model cannot be traced)."""
+        if self._chains is None:
+            from prunekit.surgery import channel_chains
+
+            try:
+                self._chains = channel_chains(self.model)
+            except ConfigError:  # untraceable forward: only the layer's own bias can be silenced
+                self._chains = {}
+        chain = self._chains.get(layer)
+        return dict(self.model.named_modules())[chain.norm] if chain is not None and chain.norm else None
 
     # -- reporting -----------------------------------------------------------------
     def kept(self) -> int:

@@ -172,6 +172,10 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
                        None if done else loop.state_dict())
     if cfg.epochs == 0 or start_epoch >= cfg.epochs:
         ctx.checkpoint(stage.index + 1, 0)
+    if cfg.sparsify is not None and (collapsed := ctx.masks.collapsed()):
+        ctx.history[-1]["collapsed_layers"] = collapsed
+        ctx.log(f"  WARNING layer collapse: {', '.join(collapsed)} lost every weight during {stage.label}'s mask "
+                "updates; the network is disconnected. Set sparsify.prevent_collapse: true or lower the sparsity.")
 
 
 def batch_source(data: DatasetSplits, batch_size: int):
@@ -207,7 +211,8 @@ def run_prune(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     t0 = time.perf_counter()
     for density in prune_densities(start, target, iterations):
         scores = criterion.score(sctx)
-        ctx.masks.set(compute_masks(scores, ctx.masks, density, cfg.allocation, structure, cfg.prevent_collapse))
+        ctx.masks.set(compute_masks(scores, ctx.masks, density, cfg.allocation, structure, cfg.prevent_collapse,
+                                    cfg.normalize, cfg.output_layer))
     elapsed = time.perf_counter() - t0
     ctx.timings["scoring_time_s"] += elapsed
     collapsed = ctx.masks.collapsed()

@@ -95,6 +95,13 @@ class ScoringAxes(Section):
     _structure_options = model_validator(mode="after")(_check_structure_options)
 
 
+COLLAPSE_HELP = ("keep every output unit's best group (channel granularity: every layer's best channel) so no layer "
+                 "is emptied; default (null): on for structured global allocation, off otherwise")
+NORMALIZE_HELP = ("divide each layer's group scores by their mean |score| before ranking (layer) or not (none); "
+                  "auto: layer for every structure but weight")
+OUTPUT_HELP = "keep: channel pruning never removes a row (class) of the output layer; prune: it may"
+
+
 class SparsifyConfig(ScoringAxes):
     """Mask updates during a train stage: gradual pruning (then frozen) or SET/RigL drop-and-regrow."""
 
@@ -112,7 +119,9 @@ class SparsifyConfig(ScoringAxes):
     structure_options: dict[str, Any] = Field(default_factory=dict)
     reduce: Literal["sum", "mean", "l2"] = "sum"
     allocation: str = Field("global", description="gradual: global/uniform/erk; set/rigl: allocation of the initial random mask")
-    prevent_collapse: bool = False
+    prevent_collapse: bool | None = Field(None, description=COLLAPSE_HELP)
+    normalize: Literal["auto", "layer", "none"] = Field("auto", description=NORMALIZE_HELP)
+    output_layer: Literal["keep", "prune"] = Field("keep", description=OUTPUT_HELP)
     drop_fraction: float = Field(0.3, gt=0, le=1, description="set/rigl: fraction of live weights dropped at step 0, cosine-decayed")
     grad_batch_size: int = Field(256, gt=0, description="rigl: samples in the batch whose dense gradient ranks regrowth")
 
@@ -150,7 +159,9 @@ class PruneConfig(ScoringAxes):
     structure_options: dict[str, Any] = Field(default_factory=dict, description="granularity options, e.g. {n: 2, m: 4}")
     reduce: Literal["sum", "mean", "l2"] = "sum"
     iterations: int | None = Field(None, ge=1, description="exponential schedule steps; default: the criterion's own")
-    prevent_collapse: bool = False
+    prevent_collapse: bool | None = Field(None, description=COLLAPSE_HELP)
+    normalize: Literal["auto", "layer", "none"] = Field("auto", description=NORMALIZE_HELP)
+    output_layer: Literal["keep", "prune"] = Field("keep", description=OUTPUT_HELP)
 
     @field_validator("sparsity")
     @classmethod

@@ -81,10 +81,12 @@ class GradualPruning:
     """Step hook: at every update step, score and prune to the polynomial schedule's sparsity."""
 
     def __init__(self, env: SparsifyEnv, criterion, structure, allocation: str, start: int, end: int,
-                 every: int, initial: float, final: float, power: float = 3.0, prevent_collapse: bool = False):
+                 every: int, initial: float, final: float, power: float = 3.0, prevent_collapse: bool | None = None,
+                 normalize: str = "auto", output_layer: str = "keep"):
         self.env, self.criterion, self.structure, self.allocation = env, criterion, structure, allocation
         self.start, self.end, self.every = start, end, every
         self.initial, self.final, self.power, self.prevent_collapse = initial, final, power, prevent_collapse
+        self.normalize, self.output_layer = normalize, output_layer
 
     def sparsity_at(self, step: int) -> float:
         """The schedule's target sparsity at `step`."""
@@ -102,7 +104,8 @@ class GradualPruning:
         sctx = ScoringContext(model, masks, self.env.data, self.env.device, derive_seed(self.env.seed, step))
         scores = self.criterion.score(sctx)
         model.train(was_training)
-        masks.set(compute_masks(scores, masks, density, self.allocation, self.structure, self.prevent_collapse))
+        masks.set(compute_masks(scores, masks, density, self.allocation, self.structure, self.prevent_collapse,
+                                self.normalize, self.output_layer))
 
 
 @SPARSIFIERS.register("gradual")
@@ -112,10 +115,24 @@ def gradual(cfg: SparsifyConfig, env: SparsifyEnv, epochs: int) -> GradualPrunin
     if cfg.initial_sparsity > cfg.sparsity:
         raise ConfigError(f"sparsify.initial_sparsity ({cfg.initial_sparsity}) is above sparsity ({cfg.sparsity}); "
                           "gradual pruning only removes weights.")
-    return GradualPruning(env, create_criterion(cfg.criterion, **cfg.options),
-                          create_structure(cfg.structure, reduce=cfg.reduce, **cfg.structure_options),
-                          cfg.allocation, start, end, cfg.every, cfg.initial_sparsity, cfg.sparsity, cfg.power,
-                          cfg.prevent_collapse)
+    structure = create_structure(cfg.structure, reduce=cfg.reduce, **cfg.structure_options)
+    _check_pattern_reachable(structure, env.masks, 1.0 - cfg.initial_sparsity)
+    return GradualPruning(env, create_criterion(cfg.criterion, **cfg.options), structure, cfg.allocation,
+                          start, end, cfg.every, cfg.initial_sparsity, cfg.sparsity, cfg.power,
+                          cfg.prevent_collapse, cfg.normalize, cfg.output_layer)
+
+
+def _check_pattern_reachable(structure, masks: MaskSet, density: float) -> None:
+    """A fixed pattern (window with m) caps a layer's density: the schedule must start at or below it."""
+    limit = getattr(structure, "max_density", None)
+    for name in masks.names if limit is not None else ():
+        cap = limit(masks.masks[name].shape)
+        if density > cap + 1e-9:
+            raise ConfigError(
+                f"sparsify: {structure.name} m={structure.m} keeps at most {cap:.4g} of '{name}' (m per kernel), "
+                f"but the gradual schedule starts at density {density:.4g}. Set initial_sparsity >= "
+                f"{1 - cap:.4g}, or leave m unset so each kernel's cap follows the schedule."
+            )
 
 
 def build_sparsify_hooks(cfg: SparsifyConfig | None, env: SparsifyEnv, epochs: int) -> list:

@@ -3,18 +3,13 @@
 A *group* is the unit that is kept or removed together: one weight (unstructured), one
 output filter/channel, a block, or a whole kh x kw kernel. Every criterion produces
 per-weight scores; a Structure reduces them to one score per group (sum / mean / l2,
-configurable) so every criterion works at every granularity.
+configurable) so every criterion works at every granularity. These *grouped*
+granularities are ranked by the allocation (global / uniform / erk) directly.
 
-Two granularities are *local* constraints rather than a ranking of groups: N:M (every M
-consecutive weights along the input dimension keep N) and window (every kh x kw kernel
-keeps at most m). They keep weights as single-weight groups but first mark which weights
-are *eligible*: the top-`cap` live weights of every local group (`Structure.eligible`),
-and rank weights by their rank inside their local group before their score, so every
-group keeps its share of its best weights. The usual allocation then picks among the
-eligible weights, so the exact total (round(n * density)) and the per-group cap both hold.
-
-Composite granularities (window + kernel, as in Campfire) are a sequence of simple ones
-(`Structure.stages`): first whole kernels, then windows inside the surviving kernels.
+*Per-layer* granularities (N:M, window, window_kernel: prunekit/structure_local.py) are
+patterns inside a layer rather than a ranking of groups across layers. For them the
+allocation first decides how many weights each layer keeps, and the pattern is then
+applied inside every layer with that layer's own count (see `Structure.per_layer`).
 
 Layers a granularity does not fit (window/kernel on a linear layer, N:M when the input
 dimension is not a multiple of M) raise a ConfigError naming the layer. Window and kernel
@@ -57,6 +52,11 @@ class Structure:
     """
 
     name = "base"
+    #: True when a group is a whole output unit (conv filter / linear row): removing one
+    #: deletes a class of the output layer, so that layer is held dense unless asked.
+    removes_units = False
+    #: True for patterns applied inside each layer with a per-layer count (structure_local.py).
+    per_layer = False
 
     def __init__(self, reduce: str = "sum"):
         if reduce not in REDUCTIONS:
@@ -89,17 +89,10 @@ class Structure:
         size = self.group_size(shape)
         return self.ungroup(keep.view(-1, 1).expand(-1, size), shape).float()
 
-    def eligible(self, score: Tensor, alive: Tensor, density: float) -> Tensor:
-        """Bool mask of the live weights that may be kept at `density` (default: every live one).
-
-        Local structures (N:M, window) override this to cap how many weights each local
-        group may keep; the allocation then chooses among eligible weights only.
-        """
-        return alive.bool()
-
-    def stages(self, density: float) -> list[tuple["Structure", float]]:
-        """The (structure, density) selections that make up this granularity, applied in order."""
-        return [(self, density)]
+    def group_units(self, shape: torch.Size) -> Tensor:
+        """Long [groups]: the output unit (row of the weight) each group belongs to (its first row)."""
+        rows = torch.arange(shape[0]).view(-1, *([1] * (len(shape) - 1))).expand(shape)
+        return self.grouped(rows)[:, 0].contiguous()
 
 
 @STRUCTURES.register("weight", "unstructured")
@@ -120,6 +113,7 @@ class ChannelStructure(Structure):
     """Whole output channels (conv filters / linear rows) are kept or removed together."""
 
     name = "channel"
+    removes_units = True
 
     def grouped(self, t: Tensor) -> Tensor:
         return t.reshape(t.shape[0], -1)
@@ -186,183 +180,6 @@ class BlockStructure(Structure):
         return s.reshape(positions, o, i).permute(1, 2, 0).reshape(shape)
 
 
-def _rank_in_group(score: Tensor, alive: Tensor) -> Tensor:
-    """Long [groups, size]: 0 for the best live entry of each row, 1 for the next... (dead last; ties: earlier first)."""
-    s = torch.where(alive, score.double(), torch.full_like(score, float("-inf"), dtype=torch.float64))
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order).contiguous())
-    return rank
-
-
-def _top_per_group(score: Tensor, alive: Tensor, cap: int) -> Tensor:
-    """Bool [groups, size]: the `cap` best-scoring live entries of every row."""
-    return alive & (_rank_in_group(score, alive) < cap)
-
-
-class LocalStructure(WeightStructure):
-    """Base for within-group top-k constraints: weights are ranked individually, but each
-    local group (`local`) may keep at most `cap(density, size)` of them."""
-
-    def local(self, t: Tensor) -> Tensor:
-        """View `t` as [local groups, local group size]."""
-        raise NotImplementedError
-
-    def unlocal(self, g: Tensor, shape: torch.Size) -> Tensor:
-        """Inverse of `local`."""
-        raise NotImplementedError
-
-    def cap(self, density: float, size: int) -> int:
-        """Most weights one local group may keep at `density`."""
-        raise NotImplementedError
-
-    def applies(self, shape: torch.Size) -> bool:
-        """Whether the local constraint applies to a tensor of `shape` (fallbacks return False)."""
-        return True
-
-    def eligible(self, score: Tensor, alive: Tensor, density: float) -> Tensor:
-        alive = alive.bool()
-        if not self.applies(alive.shape):
-            return alive
-        size = self.local(alive).shape[1]
-        top = _top_per_group(self.local(score), self.local(alive), self.cap(density, size))
-        return self.unlocal(top, alive.shape)
-
-    def group_scores(self, score: Tensor, alive: Tensor) -> Tensor:
-        """Rank weights first by their rank inside their local group, then by score.
-
-        A weight's key is -(rank + 1) / group size, plus a tie-breaker below the smallest gap
-        between two such fractions from its score's percentile in the tensor. Every local
-        group therefore keeps its share (floor or ceil of size * density) of its best weights
-        (Campfire keeps the top-m of every window), which keeps the groups even along a
-        gradual schedule, so N:M ends with exactly N per group and counts stay exact.
-        """
-        alive = alive.bool()
-        if not self.applies(alive.shape):
-            return super().group_scores(score, alive)
-        rank = _rank_in_group(self.local(score), self.local(alive))
-        size = rank.shape[1]
-        flat = score.reshape(-1).double()
-        pct = torch.empty_like(flat)
-        pct[torch.sort(flat, stable=True).indices] = torch.arange(len(flat), dtype=torch.float64, device=flat.device) / len(flat)
-        key = -(self.unlocal(rank, alive.shape).double() + 1) / size + 1e-7 * pct.view(alive.shape)
-        return torch.where(alive, key, torch.full_like(key, float("-inf"))).reshape(-1)
-
-
-@STRUCTURES.register("nm", "n:m")
-class NMStructure(LocalStructure):
-    """N:M sparsity: every M consecutive weights along the input dimension keep exactly N.
-
-    For a conv weight [out, in, kh, kw] the groups run along `in` at each kernel position
-    (the layout sparse tensor cores expect after im2col with channels last). The pattern
-    fixes the density at N/M; on the way there (a gradual schedule) each group keeps at
-    most max(N, ceil(M * density)). Asking for a density below N/M is an error.
-    """
-
-    name = "nm"
-
-    def __init__(self, reduce: str = "sum", n: int = 2, m: int = 4):
-        super().__init__(reduce)
-        if not (isinstance(n, int) and isinstance(m, int) and 1 <= n <= m):
-            raise ConfigError(f"nm structure: need integers 1 <= n <= m, got n={n!r}, m={m!r} (e.g. n: 2, m: 4).")
-        self.n, self.m = n, m
-
-    def check(self, name: str, shape: torch.Size) -> None:
-        if len(shape) < 2 or shape[1] % self.m:
-            raise ConfigError(
-                f"{self.n}:{self.m} sparsity needs the input dimension of '{name}' (shape {tuple(shape)}) to be a "
-                f"multiple of {self.m}. Keep that layer dense (prunable.exclude / first_layer: dense)."
-            )
-
-    def local(self, t: Tensor) -> Tensor:
-        return t.reshape(t.shape[0], t.shape[1], -1).permute(0, 2, 1).reshape(-1, self.m)
-
-    def unlocal(self, g: Tensor, shape: torch.Size) -> Tensor:
-        o, i = shape[0], shape[1]
-        return g.reshape(o, -1, i).permute(0, 2, 1).reshape(shape)
-
-    def cap(self, density: float, size: int) -> int:
-        if density < self.n / self.m - 1e-9:
-            raise ConfigError(
-                f"{self.n}:{self.m} sparsity keeps exactly {self.n / self.m:.4g} of the weights; density {density:.4g} "
-                f"(sparsity {1 - density:.4g}) is below it. Set sparsity: {1 - self.n / self.m:.4g}."
-            )
-        return max(self.n, math.ceil(self.m * density - 1e-9))
-
-
-@STRUCTURES.register("window")
-class WindowStructure(LocalStructure):
-    """Campfire's window sparsity: inside every kh x kw kernel at most `m` weights survive.
-
-    Without `m` the per-window cap follows the density: ceil(kh*kw * density), so the total
-    is exact and no window holds more than its share rounded up. With `m` the cap is
-    max(m, ceil(kh*kw * density)): a gradual schedule tightens it down to `m` once the
-    sparsity reaches 1 - m/(kh*kw). `fraction` fixes the cap at ceil(kh*kw * fraction)
-    (used by window_kernel). Within a window weights are chosen by score (magnitude).
-    """
-
-    name = "window"
-
-    def __init__(self, reduce: str = "sum", m: int | None = None, fraction: float | None = None, linear: str = "error"):
-        super().__init__(reduce)
-        if m is not None and not (isinstance(m, int) and m >= 1):
-            raise ConfigError(f"window structure: m={m!r} must be a positive integer (weights kept per kernel).")
-        if fraction is not None and not 0.0 < fraction <= 1.0:
-            raise ConfigError(f"window structure: fraction={fraction!r} must be in (0, 1].")
-        self.m, self.fraction = m, fraction
-        self.linear = _check_fallback(self.name, linear)
-
-    def check(self, name: str, shape: torch.Size) -> None:
-        _check_conv(self.name, self.linear, name, shape)
-
-    def applies(self, shape: torch.Size) -> bool:
-        return len(shape) >= 3
-
-    def local(self, t: Tensor) -> Tensor:
-        return t.reshape(t.shape[0] * t.shape[1], -1)
-
-    def unlocal(self, g: Tensor, shape: torch.Size) -> Tensor:
-        return g.reshape(shape)
-
-    def cap(self, density: float, size: int) -> int:
-        share = math.ceil(size * (self.fraction if self.fraction is not None else density) - 1e-9)
-        return max(self.m or 0, share)
-
-
-@STRUCTURES.register("window_kernel", "window+kernel")
-class WindowKernelStructure(Structure):
-    """Campfire's combination: whole kernels first, then windows inside the surviving kernels.
-
-    A target density d is split as d_kernel = d**split (kernel stage, ranked by kernel
-    score) and d_window = d / d_kernel (each surviving kernel keeps at most
-    ceil(kh*kw * d_window) weights, or max(m, that) when `m` is given).
-    """
-
-    name = "window_kernel"
-
-    def __init__(self, reduce: str = "sum", m: int | None = None, split: float = 0.5, linear: str = "error"):
-        super().__init__(reduce)
-        if not 0.0 <= split <= 1.0:
-            raise ConfigError(f"window_kernel structure: split={split!r} must be in [0, 1] (share of sparsity taken by kernels).")
-        self.m, self.split, self.linear = m, split, _check_fallback(self.name, linear)
-        self.kernel = KernelStructure(reduce, linear)
-        WindowStructure(m=m, linear=linear)  # validates m
-
-    def check(self, name: str, shape: torch.Size) -> None:
-        _check_conv(self.name, self.linear, name, shape)
-
-    def grouped(self, t: Tensor) -> Tensor:
-        return self.kernel.grouped(t)
-
-    def ungroup(self, g: Tensor, shape: torch.Size) -> Tensor:
-        return self.kernel.ungroup(g, shape)
-
-    def stages(self, density: float) -> list[tuple[Structure, float]]:
-        d_kernel = density**self.split
-        window = WindowStructure(m=self.m, fraction=min(1.0, density / d_kernel), linear=self.linear)
-        return [(self.kernel, d_kernel), (window, density)]
-
-
 FALLBACKS = ("error", "weight")
 
 
@@ -392,3 +209,7 @@ def create_structure(name: str, reduce: str = "sum", **options) -> Structure:
             raise ConfigError(f"structure '{name}' has no option '{key}'.{did_you_mean(key, allowed)} "
                               f"Its options: {', '.join(allowed) or '(none)'}.")
     return cls(reduce=reduce, **options)
+
+
+# Per-layer patterns register themselves into STRUCTURES on import.
+from prunekit import structure_local  # noqa: E402,F401

@@ -82,6 +82,23 @@ def test_rigl_regrows_where_the_dense_gradient_is_largest():
             assert grads[n].abs()[grown & ~before[n]].min() >= grads[n].abs()[candidates_not_grown].max() - 1e-12
 
 
+def test_set_regrows_at_random_only_where_a_gradient_can_flow():
+    model, masks, hook, loop = setup("set", "sgd")
+    dead = masks.masks["0.weight"].clone()
+    dead[0] = 0  # conv channel 0 dies: the linear weights reading it get exactly zero gradient
+    masks.set({"0.weight": dead})
+    grads = hook.dense_grads(loop, 10)
+    reads_dead = torch.zeros(32, 8, 100, dtype=torch.bool)
+    reads_dead[:, 0] = True
+    assert torch.all(grads["3.weight"][reads_dead.view(32, 800)] == 0)
+    before = {n: m.clone().bool() for n, m in masks.masks.items()}
+    hook(loop, 10)
+    grown = {n: masks.masks[n].bool() & ~before[n] for n in masks.names}
+    assert sum(int(g.sum()) for g in grown.values()) > 0
+    for n in masks.names:
+        assert torch.all(grads[n][grown[n]] != 0)  # never regrown where the gradient is exactly zero
+
+
 def rows(path):
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 

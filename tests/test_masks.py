@@ -129,3 +129,80 @@ def test_export_bakes_zeros_into_a_copy():
             assert torch.all(p[ms.masks[n] == 0] == 0)
     assert all(p.abs().min() > 0 for p in ms.params.values())  # original untouched
     copy.deepcopy(plain)  # deepcopy works (no hooks or reparametrization)
+
+
+# -- dead channels: the masked model is the model `shrink` produces -------------------------------------------
+
+def _resnet20_random_bn():
+    from prunekit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_channels=3, num_classes=10, image_size=(8, 8))
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # random statistics and affine terms: a dead channel's shift is not 0
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return model
+
+
+def _max_masked_vs_shrunk(model, masks, x):
+    from prunekit.surgery import shrink
+
+    small, report = shrink(model, masks.masks, x[:1])
+    assert report.removed() > 0  # channels really left the shrunk model
+    model.eval()
+    small.eval()
+    with torch.no_grad():
+        return float((model(x) - small(x)).abs().max())
+
+
+def test_channel_prune_masked_model_equals_shrunk_model_before_and_after_training():
+    from prunekit.pruning import compute_masks
+    from prunekit.train import masked_update
+
+    model = _resnet20_random_bn()
+    masks = MaskSet.from_model(model)
+    scores = {n: p.detach().abs() for n, p in masks.params.items()}
+    masks.set(compute_masks(scores, masks, 0.5, "global", "channel"))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 3, 8, 8, generator=g)
+    assert _max_masked_vs_shrunk(model, masks, x) <= 1e-5
+    # the silenced entries stay silent under SGD with momentum and weight decay
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(3):
+        y = torch.randint(0, 10, (16,), generator=g)
+        masked_update(nn.functional.cross_entropy(model(torch.randn(16, 3, 8, 8, generator=g)), y), opt, masks, None)
+    assert _max_masked_vs_shrunk(model, masks, x) <= 1e-5
+
+
+def test_dead_channel_bias_and_batchnorm_are_zeroed_and_stats_reset():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    model[1].running_mean.fill_(2.0)
+    masks = MaskSet.from_model(model)
+    mask = torch.ones(4, 2, 3, 3)
+    mask[1] = 0
+    masks.set({"0.weight": mask})
+    assert model[0].bias[1] == 0 and model[1].weight[1] == 0 and model[1].bias[1] == 0
+    assert model[1].running_mean.tolist() == [2.0, 0.0, 2.0, 2.0] and model[1].running_var[1] == 1.0
+    assert bool((model[0].bias[[0, 2, 3]] != 0).all())  # live channels untouched
+    with torch.no_grad():
+        model[1].bias.add_(1.0)  # an optimizer step moving the dead shift ...
+    masks.apply()
+    assert model[1].bias[1] == 0  # ... is undone like a pruned weight
+
+
+def test_conv_transpose_is_refused_with_the_fix():
+    model = nn.Sequential(nn.ConvTranspose2d(4, 8, 3))
+    with pytest.raises(ConfigError, match=r"ConvTranspose2d.*\[in, out.*prunable.exclude"):
+        MaskSet(model, ["0.weight"])
+
+
+def test_output_layer_is_the_last_conv_or_linear():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 4, 8), nn.ReLU(), nn.Linear(8, 3))
+    assert MaskSet.from_model(model).output == "4.weight"
+    assert MaskSet.from_model(model, last_layer="dense").output is None

@@ -98,7 +98,7 @@ def test_erk_densities_hit_the_target_and_cap_at_one():
 
 def test_channel_structure_removes_whole_filters():
     ms = MaskSet.from_model(net())
-    new = compute_masks(magnitude(ms), ms, 0.5, "uniform", "channel")
+    new = compute_masks(magnitude(ms), ms, 0.5, "uniform", "channel", output_layer="prune")
     for m in new.values():
         rows = m.reshape(m.shape[0], -1)
         assert torch.all((rows.sum(1) == 0) | (rows.sum(1) == rows.shape[1]))

@@ -74,6 +74,6 @@ def run_shrink(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> Non
         row["deploy"] = _facts(small, shape, ctx.out_dir, stage.settings.threads)
     ctx.history.append(row)
     ctx.log(f"  {stage.label}: {row['params_before']} -> {row['params_after']} params, {row['macs_before']} -> "
-            f"{row['macs_after']} MACs; test acc {before['acc']:.4f} -> {after['acc']:.4f} (they differ only if a "
-            f"pruned channel's bias / BN shift was still live: shrinking silences it); saved {path}")
+            f"{row['macs_after']} MACs; test acc {before['acc']:.4f} -> {after['acc']:.4f} (the masks already silence "
+            f"dead channels' bias / BatchNorm, so the two agree); saved {path}")
     ctx.checkpoint(stage.index + 1, 0)
