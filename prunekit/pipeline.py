@@ -253,7 +253,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, data: DatasetSplits | None
     loop_state = None
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, ctx.device)
+        state = load_checkpoint(ckpt_path, ctx.device, run_state=True)
         if state.get("model_name") != recipe.model.name:
             raise ConfigError(f"checkpoint in {out_dir} is for model '{state.get('model_name')}', "
                               f"the recipe asks for '{recipe.model.name}'.")
