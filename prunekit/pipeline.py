@@ -322,6 +322,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
     """Run the recipe's pipeline (and the dense baseline when asked) in `run_dir`."""
     run_dir = Path(run_dir)
     data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
+    data.check_sane()
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
     # Build the model and masks once before writing anything, so bad input (an unknown
     # model option, a pattern that matches nothing, an unwritable or full disk) fails
