@@ -235,6 +235,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         assert len(shape) == 3
     except (ValueError, AssertionError):
         raise ConfigError(f"--input-shape '{args.input_shape}' must be C,H,W such as 1,28,28 or 3,32,32.") from None
+    from prunekit.limits import check_model_request
+
+    check_model_request(args.model, shape, args.num_classes)  # measured on the meta device: allocates nothing
     print_model_info(args.model, shape, args.num_classes)
     return 0
 

@@ -8,6 +8,7 @@ PRUNEKIT_MEMORY_BUDGET environment variable (bytes, or with a K/M/G/T suffix).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -108,3 +109,45 @@ def check_declared_size(path: object, declared: int, limit: int | None = None) -
     if declared > budget:
         raise DataError(f"{path}: the header declares {human(declared)} of data, more than the budget of "
                         f"{human(budget)} ({MEMORY_ENV}); the file is corrupt or not the expected dataset.")
+
+
+def model_bytes(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> int:
+    """Bytes a model needs for its weights and one forward pass of one input, measured without
+    allocating: the model is built and run on torch's `meta` device (shapes only, no storage)."""
+    import torch
+
+    from prunekit.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, in_channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1:],
+                             **(options or {}))
+    model.eval()  # batch-norm cannot take a batch of one in training mode
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    outputs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() * o.element_size()))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, *input_shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total + sum(outputs) + 4 * math.prod(input_shape)
+
+
+def check_model_request(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict | None = None,
+                        copies: int = 2) -> None:
+    """ConfigError when building and measuring `name` for `input_shape` would exceed the memory budget."""
+    if len(input_shape) != 3 or not all(1 <= v <= 1 << 20 for v in input_shape) or not 1 <= num_classes <= 1 << 20:
+        raise ConfigError(f"input shape {short(input_shape)} / {num_classes} classes: every size must be from 1 "
+                          f"to {1 << 20}; give C,H,W such as 1,28,28 or 3,32,32.")
+    try:
+        need = model_bytes(name, input_shape, num_classes, options)
+    except ConfigError:
+        raise
+    except (RuntimeError, ValueError) as e:  # the shapes do not fit the model (input too small, ...)
+        raise ConfigError(f"model {short(name)} cannot take an input of shape {list(input_shape)}: "
+                          f"{str(e).splitlines()[0][:160]}. Try 1,28,28 or 3,32,32.") from None
+    # `copies`: info measures MACs with a second pass; training keeps weights, grads, optimizer state, init snapshot.
+    check_memory(copies * need, f"model {short(name)} with input {list(input_shape)}",
+                 "Give a smaller input shape or model width.")

@@ -25,6 +25,7 @@ from prunekit.data import DatasetSplits, load_dataset
 from prunekit.distributed import device_for_rank
 from prunekit.distributed import info as dist_info
 from prunekit.errors import ConfigError, TrainingDiverged
+from prunekit.limits import check_model_request
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params
 from prunekit.models import create_model
@@ -323,6 +324,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
     run_dir = Path(run_dir)
     data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     data.check_sane()
+    check_model_request(recipe.model.name, (data.in_channels, *data.image_size), data.num_classes,
+                        recipe.model.options, copies=6)  # weights, grads, momentum, init, rewind, checkpoint
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
     # Build the model and masks once before writing anything, so bad input (an unknown
     # model option, a pattern that matches nothing, an unwritable or full disk) fails
