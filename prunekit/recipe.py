@@ -353,11 +353,12 @@ def check_recipe_values(recipe: Recipe) -> None:
     validate.check_path_text(recipe.output_dir, "output_dir")
     if recipe.data.data_dir is not None:
         validate.check_path_text(recipe.data.data_dir, "data.data_dir")
-    validate.check_options(MODELS.get(recipe.model.name), recipe.model.options, "model.options")
-    limits_ = {k: v for k, v in recipe.data.options.items() if k.startswith("limit_")}
+    validate.check_options(MODELS.get(recipe.model.name), recipe.model.options, "model.options",
+                           reserved=("in_channels", "num_classes", "image_size"))
+    limits_ = {k: v for k, v in recipe.data.options.items() if k in ("limit_train", "limit_test", "limit_seed")}
     validate.check_options(load_dataset, limits_, "data.options")
     rest = {k: v for k, v in recipe.data.options.items() if k not in limits_}
-    validate.check_options(DATASETS.get(recipe.data.name), rest, "data.options")
+    validate.check_options(DATASETS.get(recipe.data.name), rest, "data.options", reserved=("data_dir", "download"))
     for settings in prune_stage_settings(copy.deepcopy(recipe.stages)):
         criterion = settings.get("criterion", PruneConfig.model_fields["criterion"].default)
         if criterion in CRITERIA:

@@ -204,15 +204,23 @@ def _hints(func: Callable) -> dict[str, Any]:
 _POSITIVE = {"image_size", "channels", "n_train", "n_test", "num_classes", "width", "limit_train", "limit_test"}
 
 
-def check_options(func: Callable, options: dict[str, Any], where: str) -> None:
-    """Check each option's type against `func`'s annotation (no bool for numbers, sizes positive).
+def check_options(func: Callable, options: dict[str, Any], where: str, reserved: tuple[str, ...] = ()) -> None:
+    """Check option names and types against `func`'s signature (no bool for numbers, sizes positive).
 
-    Unknown option names are left to the receiving factory, which lists the accepted ones.
+    `reserved` parameters are set by prunekit itself (e.g. a model's in_channels) and refused here.
     """
+    from prunekit.errors import did_you_mean
+
     hints = _hints(func)
     params = inspect.signature(func.__init__ if inspect.isclass(func) else func).parameters
+    accepted = [p for p, v in params.items() if p != "self" and p not in reserved
+                and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+    open_ended = any(v.kind == v.VAR_KEYWORD for v in params.values())
     for key, value in options.items():
         here = f"{where}.{key}"
+        if not isinstance(key, str) or key in reserved or (key not in params and not open_ended):
+            raise ConfigError(f"{where}: unknown option {short(key)}.{did_you_mean(str(key), accepted)} "
+                              f"Accepted: {', '.join(accepted) or 'none'}.")
         ann = hints.get(key) if key in params else None
         if ann is None:
             continue
