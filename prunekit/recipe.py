@@ -280,7 +280,8 @@ def format_validation_error(e: ValidationError, model: type[BaseModel] = None, p
     """Render pydantic errors as `key.path: problem` lines with allowed keys and a did-you-mean."""
     lines = []
     for err in e.errors():
-        path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        path = ".".join(str(p) if len(str(p)) <= 60 else str(p)[:57] + "..."
+                        for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"]
         if err["type"] == "extra_forbidden" and model is not None:
             owner = _owner_model(model, err["loc"][:-1])

@@ -13,6 +13,7 @@ Every message quotes values through `errors.short`, so it stays short whatever t
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -193,6 +194,8 @@ def check_no_bool_numbers(data: Any, model: type[BaseModel], where: str) -> None
 
 
 def _hints(func: Callable) -> dict[str, Any]:
+    while isinstance(func, functools.partial):  # registered model factories are partials
+        func = func.func
     target = func.__init__ if inspect.isclass(func) else func
     try:
         return typing.get_type_hints(target)
