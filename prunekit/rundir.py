@@ -38,7 +38,7 @@ def _owner(lock: Path) -> str:
         text = lock.read_text(errors="replace").split()
     except OSError:
         return "another process"
-    return f"process {short(text[0])}" + (f" on {short(text[1])}" if len(text) > 1 else "") if text else "another process"
+    return f"process {text[0][:20]}" + (f" on {text[1][:64]}" if len(text) > 1 else "") if text else "another process"
 
 
 def _acquire(lock: Path) -> int:
