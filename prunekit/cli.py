@@ -1,7 +1,8 @@
 """The `prunekit` command: run | info (and the subcommands registered by other modules).
 
-Exit codes: 0 success, 2 bad input (a clear message names the value and the fix),
-1 an unexpected failure (with traceback), 130 interrupted (the run can be resumed).
+Exit codes: 0 success, 2 bad input or a machine problem such as a full disk (a clear message
+names the value and the fix), 1 an unexpected failure (with traceback), 130 interrupted (the
+run can be resumed), 141 the reader of stdout went away (a closed pipe).
 """
 
 from __future__ import annotations
