@@ -111,9 +111,11 @@ def check_declared_size(path: object, declared: int, limit: int | None = None) -
                         f"{human(budget)} ({MEMORY_ENV}); the file is corrupt or not the expected dataset.")
 
 
-def model_bytes(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict | None = None) -> int:
-    """Bytes a model needs for its weights and one forward pass of one input, measured without
-    allocating: the model is built and run on torch's `meta` device (shapes only, no storage)."""
+def model_bytes(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict | None = None,
+                forward: bool = True) -> int:
+    """Bytes a model needs for its weights (and, with `forward`, one forward pass of one input),
+    measured without allocating: the model is built and run on torch's `meta` device (shapes
+    only, no storage). The first meta forward of a process costs a few seconds of set-up."""
     import torch
 
     from prunekit.models import create_model
@@ -123,6 +125,8 @@ def model_bytes(name: str, input_shape: tuple[int, ...], num_classes: int, optio
                              **(options or {}))
     model.eval()  # batch-norm cannot take a batch of one in training mode
     total = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not forward or total > memory_budget():  # weights alone decide it: skip the meta forward
+        return total
     outputs = []
     hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() * o.element_size()))
              for m in model.modules() if not list(m.children())]
@@ -136,13 +140,16 @@ def model_bytes(name: str, input_shape: tuple[int, ...], num_classes: int, optio
 
 
 def check_model_request(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict | None = None,
-                        copies: int = 2) -> None:
+                        copies: int = 2, forward: bool = True) -> None:
     """ConfigError when building and measuring `name` for `input_shape` would exceed the memory budget."""
     if len(input_shape) != 3 or not all(1 <= v <= 1 << 20 for v in input_shape) or not 1 <= num_classes <= 1 << 20:
         raise ConfigError(f"input shape {short(input_shape)} / {num_classes} classes: every size must be from 1 "
                           f"to {1 << 20}; give C,H,W such as 1,28,28 or 3,32,32.")
+    # The input alone (float32, one sample) and the first activations are at least its size.
+    check_memory(copies * 4 * math.prod(input_shape), f"an input of shape {list(input_shape)}",
+                 "Give a smaller input shape.")
     try:
-        need = model_bytes(name, input_shape, num_classes, options)
+        need = model_bytes(name, input_shape, num_classes, options, forward)
     except ConfigError:
         raise
     except (RuntimeError, ValueError) as e:  # the shapes do not fit the model (input too small, ...)

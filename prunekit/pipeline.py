@@ -325,7 +325,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
     data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     data.check_sane()
     check_model_request(recipe.model.name, (data.in_channels, *data.image_size), data.num_classes,
-                        recipe.model.options, copies=6)  # weights, grads, momentum, init, rewind, checkpoint
+                        recipe.model.options, copies=6, forward=False)  # weights, grads, momentum, init, rewind, ckpt
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
     # Build the model and masks once before writing anything, so bad input (an unknown
     # model option, a pattern that matches nothing, an unwritable or full disk) fails

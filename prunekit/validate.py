@@ -51,6 +51,7 @@ def load_yaml_bytes(raw: bytes, source: str) -> Any:
         raise ConfigError(f"{source} holds a NUL byte; a recipe is plain UTF-8 text.")
     loader = yaml.SafeLoader(text)
     try:
+        _check_depth(text, source)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -63,6 +64,20 @@ def load_yaml_bytes(raw: bytes, source: str) -> Any:
         raise ConfigError(f"{source} is nested too deeply (more than {limits.MAX_YAML_DEPTH} levels).") from None
     finally:
         loader.dispose()
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse deep nesting from the event stream (flat, no recursion) before composing nodes,
+    whose recursion on a 2000-deep file is slow to fail."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > limits.MAX_YAML_DEPTH:
+                raise ConfigError(f"{source} is nested too deeply (more than {limits.MAX_YAML_DEPTH} levels, "
+                                  f"line {event.start_mark.line + 1}).")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def _check_nodes(root: yaml.Node, source: str) -> None:
