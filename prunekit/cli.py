@@ -1,12 +1,16 @@
 """The `prunekit` command: run | info (and the subcommands registered by other modules).
 
-Exit codes: 0 success, 2 bad input (a clear message names the value and the fix),
-1 an unexpected failure (with traceback), 130 interrupted (the run can be resumed).
+Exit codes: 0 success, 2 bad input or a machine problem such as a full disk (a clear message
+names the value and the fix), 1 an unexpected failure (with traceback), 130 interrupted (the
+run can be resumed), 141 the reader of stdout went away (a closed pipe).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
 import shlex
 import sys
 import time
@@ -116,22 +120,24 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="override any recipe key, e.g. --set train.epochs=3 --set stages.0.prune.sparsity=0.95")
     p.add_argument("--run-dir", help="where results go (default: OUTPUT_DIR/NAME-TIMESTAMP)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--allow-changes", action="store_true", help="with --resume: accept flags that change the recipe")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --run-dir")
     p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a recipe and print the pruned-vs-dense table."""
-    from prunekit.distributed import broadcast_object, init_from_env, leave_group
-    from prunekit.pipeline import run_recipe
+    from prunekit.distributed import broadcast_object, init_from_env
     from prunekit.recipe import load_recipe, recipe_to_yaml
-    from prunekit.report_table import print_summary
+    from prunekit.rundir import claim, resumed_recipe
 
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "recipe.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: no recipe.yaml there; give the run directory of an earlier run.")
         recipe = load_recipe(run_dir / "recipe.yaml")
+        recipe = resumed_recipe(args, run_dir, recipe)
     else:
         recipe = build_recipe(args)
         run_dir = Path(args.run_dir) if args.run_dir else Path(recipe.output_dir) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -139,7 +145,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(recipe_to_yaml(recipe))
         return 0
     d = init_from_env()  # joins the torchrun process group when WORLD_SIZE > 1
-    run_dir = Path(broadcast_object(str(run_dir)))  # rank 0's timestamped name for everyone
+    with claim(run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+               explicit=bool(args.run_dir)) if d.is_main else contextlib.nullcontext(run_dir) as run_dir:
+        return _run_claimed(args, recipe, Path(broadcast_object(str(run_dir))), d)
+
+
+def _run_claimed(args: argparse.Namespace, recipe, run_dir: Path, d) -> int:
+    """The run itself, in a run directory this process owns."""
+    from prunekit.distributed import leave_group
+    from prunekit.pipeline import run_recipe
+    from prunekit.report_table import print_summary
+
     quiet = args.quiet or not d.is_main
     log = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
     log(f"prunekit run -> {run_dir}" + (f" ({d.world_size} ranks)" if d.enabled else ""))
@@ -220,6 +236,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         assert len(shape) == 3
     except (ValueError, AssertionError):
         raise ConfigError(f"--input-shape '{args.input_shape}' must be C,H,W such as 1,28,28 or 3,32,32.") from None
+    from prunekit.limits import check_model_request
+
+    check_model_request(args.model, shape, args.num_classes)  # measured on the meta device: allocates nothing
     print_model_info(args.model, shape, args.num_classes)
     return 0
 
@@ -255,6 +274,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: OS errors caused by the machine's state, not by prunekit: reported as a message, not a traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; `prunekit` with no command runs the default job (`prunekit run`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -263,9 +293,25 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *argv]
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a full disk or closed pipe surfaces here, not at interpreter exit
+        return code
     except PrunekitError as e:
         print(f"prunekit: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`prunekit run --dry-run | head`): not an error
+        _silence_stdout()
+        return 141
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            traceback.print_exc()
+            return 1
+        where = f" writing '{e.filename}'" if e.filename else " writing the output"
+        if e.filename is None:
+            _silence_stdout()
+        print(f"prunekit: error: {e.strerror}{where}. Free space (or fix permissions) and run again; "
+              "an interrupted run continues with `prunekit run --resume RUN_DIR` from its last checkpoint.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunekit: interrupted; continue with `prunekit run --resume RUN_DIR`.", file=sys.stderr)

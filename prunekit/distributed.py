@@ -50,7 +50,12 @@ def init_from_env() -> DistInfo:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        # PRUNEKIT_DIST_INIT (e.g. file:///tmp/store) rendezvous through a file: no TCP port to pick.
+        init = os.environ.get("PRUNEKIT_DIST_INIT")
+        if init:
+            dist.init_process_group(backend=backend, init_method=init, rank=int(os.environ["RANK"]), world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return info()
 
 

@@ -27,6 +27,7 @@ from prunekit.data.stream import StreamedSplits, StreamSource, stream_if_asked
 from prunekit.distributed import device_for_rank
 from prunekit.distributed import info as dist_info
 from prunekit.errors import ConfigError, TrainingDiverged
+from prunekit.limits import check_model_request
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params
 from prunekit.models import create_model
@@ -286,7 +287,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, data: DatasetSplits | None
     loop_state = None
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, ctx.device)
+        state = load_checkpoint(ckpt_path, ctx.device, run_state=True)
         if state.get("model_name") != recipe.model.name:
             raise ConfigError(f"checkpoint in {out_dir} is for model '{state.get('model_name')}', "
                               f"the recipe asks for '{recipe.model.name}'.")
@@ -357,6 +358,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
     run_dir = Path(run_dir)
     data = stream_if_asked(recipe.data) or load_dataset(
         recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
+    data.check_sane()
+    check_model_request(recipe.model.name, (data.in_channels, *data.image_size), data.num_classes,
+                        recipe.model.options, copies=6, forward=False)  # weights, grads, momentum, init, rewind, ckpt
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
     # Build the model and masks once before writing anything, so bad input (an unknown
     # model option, a pattern that matches nothing, an unwritable or full disk) fails

@@ -16,8 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prunekit import validate
 from prunekit.data.augment import AugmentConfig
-from prunekit.errors import ConfigError, did_you_mean
+from prunekit.errors import ConfigError, did_you_mean, short
+from prunekit.limits import MAX_RECIPE_BYTES, check_plan_size
 from prunekit.registry import Registry
 
 
@@ -271,10 +273,10 @@ def parse_stages(stages: list[Any], where: str, recipe: "Recipe") -> list[dict[s
             stage = {stage: {}}
         if not isinstance(stage, dict) or len(stage) != 1:
             raise ConfigError(f"{here}: a stage is a mapping with one key, the stage type "
-                              f"({', '.join(STAGE_CONFIGS.names())}); got {stage!r}.")
+                              f"({', '.join(STAGE_CONFIGS.names())}); got {short(stage)}.")
         (kind, settings), = stage.items()
         if kind not in STAGE_CONFIGS:
-            raise ConfigError(f"{here}: unknown stage type '{kind}'.{did_you_mean(kind, STAGE_CONFIGS.names())} "
+            raise ConfigError(f"{here}: unknown stage type {short(kind)}.{did_you_mean(kind, STAGE_CONFIGS.names())} "
                               f"Allowed: {', '.join(STAGE_CONFIGS.names())}.")
         settings = dict(settings or {})
         checked = stage_settings(recipe, kind, settings, here)
@@ -293,6 +295,7 @@ def stage_settings(recipe: Recipe, kind: str, settings: dict[str, Any], where: s
 
 
 def _validate(model: type[Section], data: dict[str, Any], where: str) -> Section:
+    validate.check_no_bool_numbers(data, model, where)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -303,7 +306,8 @@ def format_validation_error(e: ValidationError, model: type[BaseModel] = None, p
     """Render pydantic errors as `key.path: problem` lines with allowed keys and a did-you-mean."""
     lines = []
     for err in e.errors():
-        path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        path = ".".join(str(p) if len(str(p)) <= 60 else str(p)[:57] + "..."
+                        for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"]
         if err["type"] == "extra_forbidden" and model is not None:
             owner = _owner_model(model, err["loc"][:-1])
@@ -311,7 +315,7 @@ def format_validation_error(e: ValidationError, model: type[BaseModel] = None, p
                 allowed = list(owner.model_fields)
                 msg = f"unknown key.{did_you_mean(str(err['loc'][-1]), allowed)} Allowed keys: {', '.join(allowed)}"
         elif "input" in err and err["type"] != "missing":
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {short(err['input'])})"
         lines.append(f"{path}: {msg}")
     return "invalid recipe:\n  " + "\n  ".join(lines)
 
@@ -332,15 +336,17 @@ def _owner_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
     """The raw mapping in a YAML recipe file, read with the safe loader (plain data only)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"recipe file '{path}' does not exist. Pass a YAML recipe path, or see `prunekit run --help`.")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise ConfigError(f"recipe '{path}' is not a regular file; pass a YAML recipe file.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"recipe '{path}' is not valid YAML (only plain data is accepted, no tags): {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe '{path}' must be a mapping of keys, got {type(data).__name__}.")
-    return data
+        with path.open("rb") as f:  # read one byte past the cap: enough to know it is too large
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"recipe '{path}' cannot be read ({e.strerror or e}).") from None
+    data = validate.load_yaml_bytes(raw, f"recipe '{path}'")
+    return validate.check_recipe_shape({} if data is None else data, f"recipe '{path}'")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -350,6 +356,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """Validate a plain dict as a Recipe (stages included), with helpful errors."""
+    validate.check_recipe_shape(data)
+    validate.check_no_bool_numbers(data, Recipe, "")
+    check_plan_size(data.get("stages"))
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
@@ -357,7 +366,32 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     recipe.stages = parse_stages(recipe.stages, "stages", recipe)
     if recipe.name is None:
         recipe.name = f"{recipe.model.name}-{_first_criterion(recipe.stages) or 'dense'}"
+    check_recipe_values(recipe)
     return recipe
+
+
+def check_recipe_values(recipe: Recipe) -> None:
+    """Checks pydantic cannot express: seed range, device present, names usable in paths, options typed."""
+    from prunekit.criteria import CRITERIA
+    from prunekit.data import DATASETS, load_dataset
+    from prunekit.models import MODELS
+
+    validate.check_seed(recipe.seed)
+    validate.check_device(recipe.device)
+    validate.check_name(recipe.name)
+    validate.check_path_text(recipe.output_dir, "output_dir")
+    if recipe.data.data_dir is not None:
+        validate.check_path_text(recipe.data.data_dir, "data.data_dir")
+    validate.check_options(MODELS.get(recipe.model.name), recipe.model.options, "model.options",
+                           reserved=("in_channels", "num_classes", "image_size"))
+    limits_ = {k: v for k, v in recipe.data.options.items() if k in ("limit_train", "limit_test", "limit_seed")}
+    validate.check_options(load_dataset, limits_, "data.options")
+    rest = {k: v for k, v in recipe.data.options.items() if k not in limits_}
+    validate.check_options(DATASETS.get(recipe.data.name), rest, "data.options", reserved=("data_dir", "download"))
+    for settings in prune_stage_settings(copy.deepcopy(recipe.stages)):
+        criterion = settings.get("criterion", PruneConfig.model_fields["criterion"].default)
+        if criterion in CRITERIA:
+            validate.check_options(CRITERIA.get(criterion), settings.get("options") or {}, "prune.options")
 
 
 def _first_criterion(stages: list[dict[str, Any]]) -> str | None:
@@ -398,28 +432,43 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override '{item}' must look like key.path=value, e.g. train.epochs=5.")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+            value = validate.load_yaml_bytes(raw.encode("utf-8", "surrogateescape"), f"--set {short(key)}")
+        except ConfigError as e:
+            if "not valid YAML" not in str(e):
+                raise
+            value = raw  # not YAML: keep the text as a string
         node = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {short(key)}: empty part in the key path; write e.g. train.epochs=5.")
+        if parts[0] == "stages" and data.get("stages") is None:
+            # Index into the default stage list the user sees in the README, not into nothing.
+            data["stages"] = Recipe.model_fields["stages"].default_factory()
         for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
             if isinstance(node, list):
-                node = _list_item(node, part, ".".join(parts[: i + 1]))
-            else:
+                node = _list_item(node, part, where)
+            elif isinstance(node, dict):
                 if node.get(part) is None:
                     node[part] = {}
                 node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {short(key)}: '{where}' holds the value {short(node)}, which has no "
+                                  f"keys; set it directly, e.g. --set {where}=VALUE.")
         if isinstance(node, list):
-            raise ConfigError(f"override '{key}': cannot set a list element as a key.")
+            raise ConfigError(f"override {short(key)}: cannot set a list element as a key.")
         node[parts[-1]] = value
     return data
 
 
 def _list_item(node: list, part: str, where: str):
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"override path '{where}': '{part}' is not an index below {len(node)}.")
+        raise ConfigError(f"override path {short(where)}: {short(part)} is not an index below {len(node)}.")
     item = node[int(part)]
     if isinstance(item, str):  # a bare stage name such as "train"
         item = node[int(part)] = {item: {}}
+    if isinstance(item, dict) and len(item) == 1:
+        (kind, settings), = item.items()
+        if settings is None:  # `- train:` with nothing after it: give it a mapping to set keys in
+            item[kind] = {}
     return item

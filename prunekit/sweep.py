@@ -27,6 +27,7 @@ from typing import Any, Callable
 from prunekit.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
 from prunekit.cli import COMMANDS, apply_flags, recipe_data
 from prunekit.errors import ConfigError
+from prunekit.limits import check_sweep_cells
 from prunekit.recipe import Recipe, prune_stage_settings
 
 RESULT_FIELDS = ["method", "sparsity", "seed", "test_acc", "params_nonzero", "params_total", "dense_macs",
@@ -115,9 +116,19 @@ def _same_recipe(stored: Path, recipe) -> bool:
     def normal(r) -> tuple:
         return r.model_dump(exclude={"stages"}), [(s.kind, s.settings.model_dump()) for s in plan_stages(r)]
 
+    from prunekit.recipe import read_recipe_yaml
+
     try:
-        return normal(recipe_from_dict(yaml.safe_load(stored.read_text()) or {})) == normal(recipe)
+        return normal(recipe_from_dict(read_recipe_yaml(stored))) == normal(recipe)
     except ConfigError:
+        return False
+
+
+def _readable(path: Path, read: Callable[[Path], Any]) -> bool:
+    """Whether a cell file a crash or a user may have emptied or damaged still reads as valid."""
+    try:
+        return bool(read(path))
+    except (ConfigError, ValueError, OSError):
         return False
 
 
@@ -136,8 +147,16 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, progress: bool = True,
     cells = spec.cells()
     recipes = {c.name: cell_recipe(spec, c) for c in cells}  # validate everything before any work
     texts = {name: recipe_to_yaml(r) for name, r in recipes.items()}
+    from prunekit.recipe import read_recipe_yaml
+
     for name, recipe in recipes.items():  # refuse before touching anything
         stored = sweep_dir / "cells" / name / "recipe.yaml"
+        summary = stored.parent / "summary.json"
+        if stored.exists() and not _readable(stored, read_recipe_yaml):  # damaged: that cell starts over
+            for f in (stored, summary, stored.parent / "checkpoint.pt"):
+                f.unlink(missing_ok=True)
+        elif summary.exists() and not _readable(summary, lambda p: json.loads(p.read_text())):
+            summary.unlink()  # damaged result: the cell is rerun (resuming from its checkpoint)
         if stored.exists() and not _same_recipe(stored, recipe):
             raise ConfigError(f"{stored.parent} holds a cell run with different settings than this sweep's. Use a "
                               "new --sweep-dir, or delete that cell to rerun it with the new settings.")
@@ -362,8 +381,10 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
         data.setdefault("stages", Recipe.model_fields["stages"].default_factory())
         for settings in prune_stage_settings(data["stages"]):
             settings["prevent_collapse"] = args.prevent_collapse
-    return SweepSpec(data, list(dict.fromkeys(args.methods)), list(dict.fromkeys(args.sparsities)),
+    spec = SweepSpec(data, list(dict.fromkeys(args.methods)), list(dict.fromkeys(args.sparsities)),
                      list(dict.fromkeys(args.seeds)), _method_options(args.option, args.methods), args.dense)
+    check_sweep_cells(len(spec.seeds) * (len(spec.methods) * len(spec.sparsities) + spec.dense))
+    return spec
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
-"""Run under torchrun by tests/test_distributed.py: prune and train, record per-rank mask checksums.
+"""Run on each of two ranks by tests/test_distributed.py: prune and train, record per-rank mask checksums.
 
-Usage: torchrun --nproc_per_node=2 tests/ddp_worker.py OUT_DIR [diverge]
+Usage: RANK=r WORLD_SIZE=2 PRUNEKIT_DIST_INIT=file://STORE python tests/ddp_worker.py OUT_DIR [diverge] (or under torchrun)
 """
 
 import json

@@ -52,6 +52,23 @@ class DatasetSplits:
                     f" outside 0..{self.num_classes - 1}"
                 )
 
+    def check_sane(self) -> None:
+        """Refuse data no training can learn from, naming it as a data problem (not a learning-rate one).
+
+        Called before a run trains (not at load time, so loaders stay testable on tiny splits).
+        """
+        for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
+            if len(y) == 0:
+                raise DataError(f"dataset '{self.name}': the {split} split is empty; check the data folder or the "
+                                "limit_train / limit_test / n_train / n_test options")
+            if not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).sum())
+                raise DataError(f"dataset '{self.name}': {bad} {split} input values are NaN or infinite; the data "
+                                "files are corrupt (or a normalization std is 0)")
+        if len(torch.unique(self.train_y)) < 2:
+            raise DataError(f"dataset '{self.name}': every training image has label {int(self.train_y[0])}; "
+                            "a classifier needs at least two classes (is the label file the right one?)")
+
 
 def default_data_root() -> Path:
     """Where downloads go when no data_dir is given: $PRUNEKIT_DATA or ~/.cache/prunekit/data."""

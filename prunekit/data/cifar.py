@@ -16,7 +16,8 @@ import torch
 
 from prunekit.data.base import DATASETS, DatasetSplits, default_data_root, normalize_uint8
 from prunekit.data.download import download_dataset
-from prunekit.errors import ConfigError, DataError
+from prunekit import limits
+from prunekit.errors import ConfigError, DataError, short
 
 # Per-channel mean / std of the training pixels scaled to [0, 1].
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -36,27 +37,61 @@ _ALLOWED_GLOBALS = {
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
-    """An Unpickler that can rebuild dicts, lists, bytes, str, int and numpy arrays, nothing else."""
+    """An Unpickler that can rebuild dicts, lists, bytes, str, int and numpy arrays, nothing else.
+
+    The allowed functions that allocate (`_codecs.encode`, `_reconstruct`) are counted against
+    `budget` bytes: a small pickle can call them on one memoized value thousands of times (a
+    "memo bomb"), and the count stops it before the memory is spent.
+    """
+
+    def __init__(self, file, budget: int, **kwargs):
+        super().__init__(file, **kwargs)
+        self.budget = budget
+
+    def _spend(self, nbytes: int, what: str) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise DataError(f"the pickle builds more data ({what}) than its size can hold (a memo bomb?)")
 
     def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise DataError(f"refusing to load '{module}.{name}': not allowed in a dataset file")
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise DataError(f"refusing to load '{module}.{name}': not allowed in a dataset file")
+        found = super().find_class(module, name)
+        if name == "encode":
+            def encode(obj, encoding="utf-8", errors="strict"):
+                self._spend(len(obj) if isinstance(obj, (str, bytes)) else 0, "text")
+                return found(obj, encoding, errors)
+            return encode
+        if name == "_reconstruct":
+            def reconstruct(subtype, shape, dtype):
+                items = 1
+                for dim in shape if isinstance(shape, tuple) else (shape,):
+                    items *= dim if isinstance(dim, int) and dim >= 0 else 1
+                self._spend(items * np.dtype(dtype).itemsize, f"an array of shape {short(shape)}")
+                return found(subtype, shape, dtype)
+            return reconstruct
+        return found
 
 
 def load_pickle(path: Path) -> dict[str, object]:
-    """Safely unpickle one CIFAR batch file into a dict with str keys."""
+    """Safely unpickle one CIFAR batch file into a dict with str keys (size-bounded, data only)."""
     try:
+        if not path.is_file():
+            raise DataError(f"CIFAR file {path} is missing or not a regular file")
+        size = path.stat().st_size
+        limits.check_declared_size(path, int(size * limits.PICKLE_OVERHEAD))
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read CIFAR file {path}: {exc.strerror or exc}") from None
+    # What a batch may build: its own bytes again (the arrays) plus slack for lists and keys.
+    budget = int(len(raw) * limits.PICKLE_OVERHEAD) + (1 << 20)
     try:
         # latin1 maps the Python 2 str of the original files 1:1 to bytes-compatible text.
-        obj = _DataOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        obj = _DataOnlyUnpickler(io.BytesIO(raw), budget, encoding="latin1").load()
     except DataError as exc:
         raise DataError(f"{path}: {exc}; the file is not a CIFAR batch (it may be malicious)") from None
     except Exception as exc:  # any unpickling failure means a corrupt file
-        raise DataError(f"{path}: corrupt CIFAR pickle ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: corrupt CIFAR pickle ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict of arrays, found {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
@@ -72,7 +107,11 @@ def _read_batches(paths: list[Path], label_key: str) -> tuple[np.ndarray, np.nda
         data = np.asarray(batch["data"])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise DataError(f"{path}: 'data' must be uint8 N x 3072, got {data.dtype} {data.shape}")
-        y = np.asarray(batch[label_key], dtype=np.int64)
+        labels_in = batch[label_key]
+        if not isinstance(labels_in, (list, np.ndarray)) or any(
+                isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in labels_in):
+            raise DataError(f"{path}: '{label_key}' must be a list of integer labels, got {short(labels_in)}")
+        y = np.asarray(labels_in, dtype=np.int64)
         if y.shape != (len(data),):
             raise DataError(f"{path}: {len(data)} images but {y.size} labels")
         images.append(data.reshape(-1, 3, 32, 32))

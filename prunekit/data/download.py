@@ -7,21 +7,30 @@ fetched from `{mirror}/{dataset}/{filename}`, e.g. `http://host/data/mnist/t10k-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from prunekit.errors import DataError, unknown_choice
+from prunekit.limits import DEFAULT_DOWNLOAD_CAP, human
 
 MIRROR_ENV = "PRUNEKIT_MIRROR"
 _CHUNK = 1 << 20
+#: A `.part` file untouched this long belongs to a download that was killed.
+STALE_PART_S = 600
+#: Upper bound on each dataset's file sizes (the largest published file, rounded up with slack).
+SIZE_CAPS = {"fashion-mnist": 32 << 20, "mnist": 16 << 20, "cifar10": 180 << 20, "cifar100": 180 << 20}
 
 
 @dataclass(frozen=True)
@@ -82,24 +91,73 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def download_file(url: str, dest: str | os.PathLike, checksum: str, timeout: float = 60.0) -> Path:
+@contextlib.contextmanager
+def _cleanup_on_sigterm():
+    """Turn SIGTERM into SystemExit while downloading, so `finally` blocks remove the `.part` file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Delete `.part` files of `dest` left by a killed download (untouched for STALE_PART_S)."""
+    for part in dest.parent.glob(f".{dest.name}.*.part"):
+        with contextlib.suppress(OSError):
+            if time.time() - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+
+
+def _prepare_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe.")
+        probe.close()
+    except OSError as exc:
+        raise DataError(f"cannot write downloads to {folder} ({exc.strerror or exc}). Pass --data-dir with a "
+                        f"writable folder, or point PRUNEKIT_DATA at one (it must be a folder, not a file).") from None
+
+
+def download_file(url: str, dest: str | os.PathLike, checksum: str, timeout: float = 60.0,
+                  max_bytes: int = DEFAULT_DOWNLOAD_CAP) -> Path:
     """Fetch `url` to `dest` unless a file with the right checksum is already there.
 
     The bytes go to a temp file in the destination folder and are hashed on the way; only a
     verified file is renamed into place (os.replace), so `dest` is never partial or wrong.
+    More than `max_bytes` (announced or received) stops the download; the `.part` file is
+    removed on every exit, SIGTERM included.
     """
     dest = Path(dest)
     algo, expected = _parse_checksum(checksum)
     if dest.is_file() and file_digest(dest, algo) == expected:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_folder(dest.parent)
+    _remove_stale_parts(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         h = hashlib.new(algo)
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "prunekit"})
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+            with _cleanup_on_sigterm(), os.fdopen(fd, "wb") as out, \
+                    urllib.request.urlopen(request, timeout=timeout) as resp:
+                announced = resp.headers.get("Content-Length")
+                if announced and announced.isdigit() and int(announced) > max_bytes:
+                    raise DataError(f"{url} announces {human(int(announced))}, more than the {human(max_bytes)} "
+                                    f"{dest.name} can be; the mirror serves a different file")
+                received = 0
                 while chunk := resp.read(_CHUNK):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise DataError(f"download of {dest.name} from {url} passed {human(max_bytes)}, more than "
+                                        "the file can be; stopped (the mirror serves a different file or never ends)")
                     h.update(chunk)
                     out.write(chunk)
         except urllib.error.HTTPError as exc:
@@ -160,7 +218,8 @@ def download_dataset(dataset: str, root: str | os.PathLike, mirror: str | None =
     if archive.extracts_to and folder.is_dir():
         return folder  # unpacked by an earlier call
     for filename, checksum in archive.files.items():
-        path = download_file(file_url(dataset, filename, mirror), root / filename, checksum)
+        path = download_file(file_url(dataset, filename, mirror), root / filename, checksum,
+                             max_bytes=SIZE_CAPS.get(dataset, DEFAULT_DOWNLOAD_CAP))
         if archive.extracts_to:
             _extract(path, folder)
     return folder

@@ -7,6 +7,8 @@ mean / std of the training images unless given.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from prunekit.data.base import DATASETS, DatasetSplits, normalize_uint8
-from prunekit.errors import ConfigError, DataError
+from prunekit import limits
+from prunekit.errors import ConfigError, DataError, short
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".webp", ".tif", ".tiff"}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -37,6 +40,9 @@ def _list_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
     for index, name in enumerate(classes):
         folder = split_dir / name
         files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        for f in files:
+            if not f.is_file():  # a FIFO would block the reader forever, a device never end
+                raise DataError(f"{f} is not a regular file (a FIFO, device or folder); remove it from {folder}")
         if not files and is_train:
             raise DataError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         items.extend((f, index) for f in files)
@@ -45,22 +51,46 @@ def _list_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
 
 def _load_image(path: Path, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """One image as a C x H x W uint8 array, converted to `channels` and resized to `size` (H, W)."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    with _pillow_errors(path), Image.open(path) as img:
+        _check_pixels(path, img)
+        img = img.convert("L" if channels == 1 else "RGB")
     if size is not None and img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
+@contextlib.contextmanager
+def _pillow_errors(path: Path):
+    """Map Pillow's failures, decompression bombs included, to DataError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; a dataset image that big is refused too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"image {path} is too large to decode ({exc}); dataset images are small, "
+                        "so this file is corrupt or hostile: remove it") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {str(exc)[:200]}") from None
+
+
+def _check_pixels(path: Path, img: Image.Image) -> None:
+    """Refuse, from the header alone, an image that would decode to more than MAX_IMAGE_PIXELS."""
+    width, height = img.size
+    if width * height > limits.MAX_IMAGE_PIXELS:
+        raise DataError(f"image {path} declares {width}x{height} pixels, more than the {limits.MAX_IMAGE_PIXELS} "
+                        "a dataset image may have; the file is corrupt or hostile: remove it")
+
+
 def _stack(items: list[tuple[Path, int]], channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """Load every image; all must share one size (after resizing, when `size` is given)."""
     arrays = []
-    for path, _ in items:
+    for i, (path, _) in enumerate(items):
         arr = _load_image(path, channels, size)
+        if i == 0:  # uint8 stack plus the float32 copy normalization makes
+            limits.check_memory(5 * arr.nbytes * len(items), f"{len(items)} images of {arr.shape}",
+                                "Pass a smaller image_size or use fewer images.", DataError)
         if arrays and arr.shape != arrays[0].shape:
             raise DataError(
                 f"{path} is {arr.shape[1]}x{arr.shape[2]} but {items[0][0]} is"
@@ -71,11 +101,9 @@ def _stack(items: list[tuple[Path, int]], channels: int, size: tuple[int, int] |
 
 
 def _image_mode(path: Path) -> str:
-    try:
-        with Image.open(path) as img:  # lazy: reads the header only
-            return img.mode
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    with _pillow_errors(path), Image.open(path) as img:  # lazy: reads the header only
+        _check_pixels(path, img)
+        return img.mode
 
 
 @DATASETS.register("imagefolder")
@@ -95,6 +123,8 @@ def load_image_folder(
     if channels not in (None, 1, 3):
         raise ConfigError(f"imagefolder channels must be 1 or 3, got {channels}")
     size = (image_size, image_size) if isinstance(image_size, int) else image_size and tuple(image_size)
+    if size is not None and (len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size)):
+        raise ConfigError(f"imagefolder image_size must be a positive int or [H, W], got {short(image_size)}")
     root = Path(data_dir)
     classes, train_items = _list_split(root / "train", None)
     _, test_items = _list_split(root / "test", classes)
@@ -104,6 +134,12 @@ def load_image_folder(
     # One stack for both splits, so a test image of another size is caught like a train one.
     both = _stack(train_items + test_items, channels, size)
     train_u8, test_u8 = both[: len(train_items)], both[len(train_items) :]
+    for key, value in (("mean", mean), ("std", std)):
+        if value is not None and len(value) != channels:
+            raise ConfigError(f"imagefolder {key} {short(value)} has {len(value)} values but the images have "
+                              f"{channels} channel(s); give one per channel")
+    if std is not None and any(v <= 0 for v in std):
+        raise ConfigError(f"imagefolder std {short(std)} must be positive")
     if mean is None or std is None:
         pixels = train_u8.astype(np.float64).transpose(1, 0, 2, 3).reshape(channels, -1) / 255.0
         mean = tuple(float(m) for m in pixels.mean(1)) if mean is None else mean

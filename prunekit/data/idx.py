@@ -7,6 +7,7 @@ big-endian uint32 per dimension, then the elements in C order, big-endian.
 from __future__ import annotations
 
 import gzip
+import io
 import lzma
 import os
 import struct
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prunekit import limits
 from prunekit.errors import DataError
 
 # IDX element-type codes -> numpy dtypes (big-endian on disk).
@@ -36,28 +38,47 @@ _GZIP_HEAD = b"\x1f\x8b"
 _XZ_HEAD = b"\xfd7zXZ\x00"
 
 
-def _decompress(path: Path, data: bytes) -> bytes:
-    """Undo gzip or xz compression, detected by content so a misnamed file still loads."""
+def _open_stream(path: Path, head: bytes):
+    """A binary stream of the file's IDX bytes: gzip/xz decompressed on the fly (by content, so a
+    misnamed file still loads). Streaming lets the reader stop at the size the header declares,
+    so a small compressed file cannot inflate into gigabytes of memory."""
+    if head.startswith(_GZIP_HEAD):
+        return gzip.open(path, "rb")
+    if head.startswith(_XZ_HEAD):
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
+def _read_exactly(stream, n: int, path: Path) -> bytes:
     try:
-        if data.startswith(_GZIP_HEAD):
-            return gzip.decompress(data)
-        if data.startswith(_XZ_HEAD):
-            return lzma.decompress(data)
+        return stream.read(n)
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DataError(f"{path}: corrupt or truncated compressed file ({exc}); re-download it") from None
-    return data
 
 
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
-    """Read one IDX file (raw, .gz or .xz) into a native-endian numpy array."""
+    """Read one IDX file (raw, .gz or .xz) into a native-endian numpy array.
+
+    The header is read first; the payload size it declares is checked against the memory
+    budget (and, for a raw file, against the file size) before any payload is read.
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        if not path.is_file():
+            raise FileNotFoundError(path) if not path.exists() else DataError(
+                f"{path} is not a regular file (a FIFO, device or folder); point at the IDX file itself")
+        with path.open("rb") as f:
+            head = f.read(6)
+        with _open_stream(path, head) as stream:
+            return _read_idx_stream(stream, path, expected_magic)
     except FileNotFoundError:
         raise DataError(f"IDX file not found: {path}") from None
     except OSError as exc:
         raise DataError(f"cannot read IDX file {path}: {exc.strerror or exc}") from None
-    data = _decompress(path, raw)
+
+
+def _read_idx_stream(stream, path: Path, expected_magic: int | None) -> np.ndarray:
+    data = _read_exactly(stream, 4, path)
     if len(data) < 4:
         raise DataError(f"{path}: only {len(data)} bytes, too short for an IDX header; re-download it")
     (magic,) = struct.unpack(">I", data[:4])
@@ -70,20 +91,29 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
     if magic >> 16 != 0 or code not in _CODE_TO_DTYPE or ndim == 0:
         raise DataError(f"{path}: 0x{magic:08X} is not a valid IDX magic number (expected 0x0000TTNN)")
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dims_raw = _read_exactly(stream, 4 * ndim, path)
+    if len(dims_raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({4 + len(dims_raw)} bytes, need {header})")
+    dims = struct.unpack(f">{ndim}I", dims_raw)
     dtype = _CODE_TO_DTYPE[code]
-    need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    have = len(data) - header
-    if have != need:
-        shape = " x ".join(map(str, dims))
-        what = "truncated" if have < need else "has trailing bytes"
-        raise DataError(
-            f"{path}: IDX payload {what}: header says {shape} ({need} bytes), found {have} bytes;"
-            " re-download the file"
-        )
-    array = np.frombuffer(data, dtype=dtype, count=need // dtype.itemsize, offset=header)
+    need = int(np.prod(dims, dtype=object)) * dtype.itemsize  # object: no int64 overflow
+    shape = " x ".join(map(str, dims))
+    if isinstance(stream, io.BufferedReader):
+        have = path.stat().st_size - header
+        if have != need:
+            what = "truncated" if have < need else "has trailing bytes"
+            raise DataError(f"{path}: IDX payload {what}: header says {shape} ({need} bytes), found {have} bytes;"
+                            " re-download the file")
+    # Decompressed payloads (or raw ones whose size matched) are read only up to the declared size.
+    limits.check_declared_size(path, need)
+    payload = _read_exactly(stream, need, path)
+    extra = _read_exactly(stream, 1, path)
+    if len(payload) != need or extra:
+        what = "truncated" if len(payload) < need else "has trailing bytes"
+        found = f"{len(payload)} bytes" if len(payload) < need else "more"
+        raise DataError(f"{path}: IDX payload {what}: header says {shape} ({need} bytes), found {found};"
+                        " re-download the file")
+    array = np.frombuffer(payload, dtype=dtype, count=need // dtype.itemsize)
     return array.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prunekit.data.base import DATASETS, DatasetSplits
+from prunekit import limits
 from prunekit.errors import ConfigError
 
 
@@ -65,6 +66,10 @@ def load_synthetic(
         )
     if noise < 0 or max_shift < 0:
         raise ConfigError(f"synthetic noise and max_shift must be >= 0, got {noise} and {max_shift}")
+    # Samples, their prototype copies and the noise coexist while generating: about 3 copies.
+    limits.check_memory(3 * 4 * (n_train + n_test) * channels * size[0] * size[1],
+                        f"synthetic data of {n_train} + {n_test} images of {channels}x{size[0]}x{size[1]}",
+                        "Lower n_train / n_test / image_size.")
     gen = torch.Generator().manual_seed(int(seed))
     protos = _prototypes(gen, num_classes, channels, size)
     train_x, train_y = _samples(gen, protos, n_train, noise, max_shift)
