@@ -27,7 +27,7 @@ from prunekit.distributed import info as dist_info
 from prunekit.errors import ConfigError, TrainingDiverged
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params
-from prunekit.models import create_model
+from prunekit.models.external import build_model
 from prunekit.preflight import check_output_dir
 from prunekit.pruning import compute_masks
 from prunekit.recipe import PruneConfig, Recipe, Section, recipe_to_yaml, stage_settings
@@ -226,8 +226,9 @@ def build_context(recipe: Recipe, out_dir: Path, data: DatasetSplits | None = No
     if data is None:
         data = load_dataset(recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     torch.manual_seed(recipe.seed)
-    model = create_model(recipe.model.name, in_channels=data.in_channels, num_classes=data.num_classes,
-                         image_size=data.image_size, **recipe.model.options).to(device)
+    m = recipe.model
+    model = build_model(m.name, m.options, data.in_channels, data.num_classes, data.image_size, m.checkpoint,
+                        m.factory, log).to(device)
     p = recipe.prunable
     masks = MaskSet.from_model(model, types=p.types, include=p.include, exclude=p.exclude,
                                first_layer=p.first_layer, last_layer=p.last_layer).to(device)
