@@ -360,6 +360,10 @@ def load_shrunk(path: str | Path) -> nn.Module:
         raise CheckpointError(f"'{path}' cannot be read as a shrunken model ({type(e).__name__}: {e}).") from None
     if not isinstance(blob, dict) or blob.get("format") != SHRUNK_FORMAT:
         raise CheckpointError(f"'{path}' is not a prunekit shrunken model (expected format '{SHRUNK_FORMAT}').")
+    if ":" in blob["model_name"]:  # a user factory: a data file must not make prunekit import code
+        raise CheckpointError(f"'{path}' was shrunk from the model of factory '{blob['model_name']}'; build that "
+                              "model yourself and call prunekit.surgery.fit_to_state_dict(model, "
+                              "torch.load(path, weights_only=True)['state_dict']).")
     model = create_model(blob["model_name"], blob["in_channels"], blob["num_classes"], tuple(blob["image_size"]),
                          **blob["options"])
     return fit_to_state_dict(model, blob["state_dict"])
