@@ -101,3 +101,48 @@ def test_vgg_bn_on_small_images_keeps_parameter_names():
     assert list(small.state_dict()) == list(big.state_dict())
     assert small.classifier[0].in_features == 64
     assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+# -- every masking method on every block type of the zoo --------------------------------------------
+# (BasicBlock ResNets hold the same layer kinds as the CIFAR ResNets, tested in test_pruning.py.)
+METHOD_MODELS = {"resnet50": {"width": 0.0625, "stem": "small"},
+                 "mobilenet_v2": {"width": 0.1, "stem": "small"}, "vgg16_bn": {"width": 0.0625, "pool_size": 1}}
+METHODS = [("snip", "weight", 0.9), ("grasp", "weight", 0.9), ("synflow", "weight", 0.9),
+           ("magnitude", "window_kernel", 0.7), ("magnitude", "kernel", 0.7), ("magnitude", "nm", 0.5)]
+
+
+@pytest.fixture(scope="module")
+def scoring_data():
+    from prunekit.data import load_dataset
+    return load_dataset("synthetic", n_train=40, n_test=10, image_size=16, channels=3)
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_MODELS))
+@pytest.mark.parametrize("criterion, structure, sparsity", METHODS)
+def test_every_method_reaches_its_exact_sparsity(name, criterion, structure, sparsity, scoring_data):
+    from prunekit.criteria import ScoringContext, create_criterion
+    from prunekit.masks import MaskSet
+    from prunekit.pruning import compute_masks
+    from prunekit.structure import create_structure
+
+    torch.manual_seed(0)
+    model = create_model(name, 3, 10, (16, 16), **METHOD_MODELS[name])
+    # N:M runs along input channels: a depthwise conv has one per group, so it stays dense
+    exclude = ["features.1.conv.0.0", "features.*.conv.1.0"] if name == "mobilenet_v2" and structure == "nm" else []
+    masks = MaskSet.from_model(model, types=["conv"], first_layer="dense", exclude=exclude)
+    options = {"grasp": {"samples_per_class": 2}, "snip": {"batch_size": 20}}.get(criterion, {})
+    scores = create_criterion(criterion, **options).score(ScoringContext(model, masks, scoring_data))
+    masks.set(compute_masks(scores, masks, 1 - sparsity, "global", create_structure(structure)))
+    assert masks.sparsity() == pytest.approx(sparsity, abs=1e-4)
+
+
+def test_nm_names_the_depthwise_conv_it_cannot_split():
+    from prunekit.masks import MaskSet
+    from prunekit.pruning import compute_masks
+    from prunekit.structure import create_structure
+
+    model = create_model("mobilenet_v2", 3, 10, (16, 16), width=0.1, stem="small")
+    masks = MaskSet.from_model(model, types=["conv"], first_layer="dense")
+    scores = {n: p.detach().abs() for n, p in masks.params.items()}
+    with pytest.raises(ConfigError, match=r"'features.1.conv.0.0.weight' \(shape \(8, 1, 3, 3\)\).*prunable.exclude"):
+        compute_masks(scores, masks, 0.5, "global", create_structure("nm"))
