@@ -329,6 +329,8 @@ def fit_to_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Modul
         else:
             mod.register_buffer(attr, new)
     for mod in model.modules():
+        if is_depthwise(mod) and mod.weight.shape[0] != mod.out_channels:
+            mod.groups = int(mod.weight.shape[0])  # a depthwise conv keeps one group per channel
         for size_attr, (tname, dim) in _SIZE_ATTRS.get(type(mod), {}).items():
             t = getattr(mod, tname, None)
             if t is not None:

@@ -108,3 +108,20 @@ def test_greedy_budget_then_shrink_equals_masked(name, data):
     with torch.no_grad():
         diff = (small(x) - masked_copy(model, masks.masks).eval()(x)).abs().max()
     assert diff <= 1e-4
+
+
+def test_shrunken_mobilenet_saves_and_loads_with_depthwise_groups(data, tmp_path):
+    from prunekit.surgery import load_shrunk, save_shrunk
+
+    model = _mobilenet(data.num_classes)
+    masks = MaskSet(model, ["features.2.conv.0.0.weight", "features.2.conv.1.0.weight"])
+    greedy_select(model, masks, data, GreedyConfig(candidates=2, batch_size=8, target_macs_fraction=0.9,
+                                                   local_imitation=True))
+    small, _ = shrink(model, masks.masks, data.test_x[:1])
+    save_shrunk(small, tmp_path / "s.pt", "mobilenet_v2", 3, data.num_classes, (16, 16), {"width": 0.25, "stem": "small"})
+    loaded = load_shrunk(tmp_path / "s.pt").eval()
+    dw = loaded.features[2].conv[1][0]
+    assert dw.groups == dw.in_channels == dw.out_channels == small.features[2].conv[1][0].out_channels < 48
+    x = data.test_x[:4]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small.eval()(x), atol=0, rtol=0)
