@@ -214,6 +214,10 @@ def _add_info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list registered models, criteria, structures, datasets")
     p.add_argument("--input-shape", default="1,28,28", help="C,H,W of one input (default 1,28,28)")
     p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
+                   help="model option, e.g. --option width=0.5 --option stem=small (values read as YAML); "
+                   "with MODEL = package.module:function, the factory's keyword arguments")
+    p.add_argument("--checkpoint", help="state_dict file to load into the model (names and shapes are checked)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -237,9 +241,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     except (ValueError, AssertionError):
         raise ConfigError(f"--input-shape '{args.input_shape}' must be C,H,W such as 1,28,28 or 3,32,32.") from None
     from prunekit.limits import check_model_request
+    from prunekit.models.external import parse_options
 
-    check_model_request(args.model, shape, args.num_classes)  # measured on the meta device: allocates nothing
-    print_model_info(args.model, shape, args.num_classes)
+    options = parse_options(args.option)
+    # measured on the meta device: allocates nothing
+    check_model_request(args.model, shape, args.num_classes, options)
+    print_model_info(args.model, shape, args.num_classes, options, args.checkpoint)
     return 0
 
 

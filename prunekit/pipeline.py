@@ -30,7 +30,7 @@ from prunekit.errors import ConfigError, TrainingDiverged
 from prunekit.limits import check_model_request
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params
-from prunekit.models import create_model
+from prunekit.models.external import build_model
 from prunekit.preflight import check_output_dir
 from prunekit.pruning import compute_masks
 from prunekit.recipe import PruneConfig, Recipe, Section, recipe_to_yaml, stage_settings
@@ -260,8 +260,9 @@ def build_context(recipe: Recipe, out_dir: Path, data: DatasetSplits | None = No
         data = stream_if_asked(recipe.data) or load_dataset(
             recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     torch.manual_seed(recipe.seed)
-    model = create_model(recipe.model.name, in_channels=data.in_channels, num_classes=data.num_classes,
-                         image_size=data.image_size, **recipe.model.options).to(device)
+    m = recipe.model
+    model = build_model(m.name, m.options, data.in_channels, data.num_classes, data.image_size, m.checkpoint,
+                        m.factory, log).to(device)
     p = recipe.prunable
     masks = MaskSet.from_model(model, types=p.types, include=p.include, exclude=p.exclude,
                                first_layer=p.first_layer, last_layer=p.last_layer).to(device)
@@ -359,8 +360,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, resume: bool = False, progre
     data = stream_if_asked(recipe.data) or load_dataset(
         recipe.data.name, recipe.data.data_dir, recipe.data.download, **recipe.data.options)
     data.check_sane()
-    check_model_request(recipe.model.name, (data.in_channels, *data.image_size), data.num_classes,
-                        recipe.model.options, copies=6, forward=False)  # weights, grads, momentum, init, rewind, ckpt
+    if recipe.model.factory is None:  # a user's factory is only known once built (it checks its own logits)
+        check_model_request(recipe.model.name, (data.in_channels, *data.image_size), data.num_classes,
+                            recipe.model.options, copies=6, forward=False)  # weights, grads, momentum, init, rewind, ckpt
     variants = [("pruned", recipe)] + ([("dense", baseline_recipe(recipe))] if recipe.baseline else [])
     # Build the model and masks once before writing anything, so bad input (an unknown
     # model option, a pattern that matches nothing, an unwritable or full disk) fails

@@ -47,6 +47,17 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name: str = "lenet5"
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
+    checkpoint: str | None = Field(None, description="state_dict file (e.g. a torchvision .pth) loaded into the model")
+    factory: str | None = Field(None, description="'package.module:function' returning an nn.Module (runs that code)")
+
+    @model_validator(mode="after")
+    def _factory_names_the_model(self):
+        from prunekit.models.external import check_factory_spec
+        if self.factory is not None:
+            check_factory_spec(self.factory)
+            if "name" not in self.model_fields_set:
+                self.name = self.factory
+        return self
 
 
 class DataConfig(Section):

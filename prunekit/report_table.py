@@ -78,13 +78,15 @@ def robustness_table(reports: dict[str, dict]) -> Table:
     return table
 
 
-def print_model_info(name: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
+def print_model_info(name: str, input_shape: tuple[int, int, int], num_classes: int, options: dict | None = None,
+                     checkpoint: str | None = None) -> None:
     """Layers with parameter counts and MACs, marking the tensors pruning selects by default."""
     from prunekit.masks import select_prunable
     from prunekit.measure import count_flops, count_params
-    from prunekit.models import create_model
+    from prunekit.models.external import build_model, is_factory
 
-    model = create_model(name, in_channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1:])
+    model = build_model(name, options or {}, input_shape[0], num_classes, input_shape[1:], checkpoint,
+                        name if is_factory(name) else None, log=_console().print)
     flops = count_flops(model, input_shape)
     prunable = set(select_prunable(model))
     table = Table(title=f"{name}: input {list(input_shape)}, {num_classes} classes")

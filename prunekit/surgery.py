@@ -46,7 +46,8 @@ from prunekit.errors import CheckpointError, ConfigError
 #: ops that act on each channel separately (channel j of the output depends on channel j only).
 CHANNELWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.MaxPool1d,
                        nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
-CHANNELWISE_FUNCTIONS = (torch.relu, nn.functional.relu, nn.functional.max_pool2d, nn.functional.avg_pool2d)
+CHANNELWISE_FUNCTIONS = (torch.relu, nn.functional.relu, nn.functional.relu6, nn.functional.max_pool2d,
+                         nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d)
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -61,6 +62,7 @@ class ChannelChain:
     norm: str | None = None       # module name of the BatchNorm right after the layer, if any
     free: bool = False            # output channels read only by conv/linear layers (not add/cat/output)
     consumers: list[str] = field(default_factory=list)  # module names of the layers that read them
+    through: list[str] = field(default_factory=list)  # depthwise convs carrying the same channels (merge_depthwise)
 
     @property
     def end(self) -> str:
@@ -129,6 +131,37 @@ def channel_chains(model: nn.Module, gm: fx.GraphModule | None = None) -> dict[s
         chain.free = free
         chains[name] = chain
     return chains
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    """A conv whose output channel j reads input channel j only (groups = in = out channels)."""
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def merge_depthwise(chains: dict[str, ChannelChain], model: nn.Module) -> dict[str, ChannelChain]:
+    """Chains where a layer whose only reader is a depthwise conv absorbs that conv's chain.
+
+    In a MobileNetV2 inverted residual the expand conv's channel j feeds only channel j of
+    the depthwise conv, which feeds the projection conv: the expanded channels are ONE group
+    (expand rows, depthwise filters, projection columns). The merged chain keeps the expand
+    layer's name and BN (`norm`), lists the depthwise conv(s) in `through`, ends where the
+    depthwise chain ends (after its BN and ReLU6) and has the depthwise chain's consumers and
+    freedom. The depthwise conv's own entry is dropped. Idempotent; other chains are unchanged.
+    """
+    modules = dict(model.named_modules())
+    merged = dict(chains)
+    for name in reversed(list(chains)):  # output side first, so a dw -> dw run merges into its first layer
+        chain = merged.get(name)
+        if chain is None or not chain.free or len(chain.consumers) != 1:
+            continue
+        dw = chain.consumers[0]
+        if dw not in merged or not is_depthwise(modules[dw]) or modules[dw].in_channels != _out_channels(modules[name]):
+            continue
+        inner = merged.pop(dw)
+        merged[name] = ChannelChain(layer=name, nodes=chain.nodes + inner.nodes, modules=chain.modules + inner.modules,
+                                    norm=chain.norm, free=inner.free, consumers=inner.consumers,
+                                    through=[dw, *inner.through])
+    return {n: merged[n] for n in chains if n in merged}
 
 
 def dead_channels(mask: Tensor) -> Tensor:
@@ -296,6 +329,8 @@ def fit_to_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Modul
         else:
             mod.register_buffer(attr, new)
     for mod in model.modules():
+        if is_depthwise(mod) and mod.weight.shape[0] != mod.out_channels:
+            mod.groups = int(mod.weight.shape[0])  # a depthwise conv keeps one group per channel
         for size_attr, (tname, dim) in _SIZE_ATTRS.get(type(mod), {}).items():
             t = getattr(mod, tname, None)
             if t is not None:
@@ -327,6 +362,10 @@ def load_shrunk(path: str | Path) -> nn.Module:
         raise CheckpointError(f"'{path}' cannot be read as a shrunken model ({type(e).__name__}: {e}).") from None
     if not isinstance(blob, dict) or blob.get("format") != SHRUNK_FORMAT:
         raise CheckpointError(f"'{path}' is not a prunekit shrunken model (expected format '{SHRUNK_FORMAT}').")
+    if ":" in blob["model_name"]:  # a user factory: a data file must not make prunekit import code
+        raise CheckpointError(f"'{path}' was shrunk from the model of factory '{blob['model_name']}'; build that "
+                              "model yourself and call prunekit.surgery.fit_to_state_dict(model, "
+                              "torch.load(path, weights_only=True)['state_dict']).")
     model = create_model(blob["model_name"], blob["in_channels"], blob["num_classes"], tuple(blob["image_size"]),
                          **blob["options"])
     return fit_to_state_dict(model, blob["state_dict"])

@@ -77,6 +77,6 @@ def kaiming_init(model: nn.Module) -> nn.Module:
 
 
 # Imported last: each module registers its models into MODELS defined above.
-from prunekit.models import lenet, resnet, vgg  # noqa: E402,F401
+from prunekit.models import imagenet_resnet, imagenet_vgg, lenet, mobilenet, resnet, vgg  # noqa: E402,F401
 
 __all__ = ["MODELS", "create_model"]

@@ -17,13 +17,21 @@ Which layers: only conv/linear layers whose output channels are *free* (read onl
 conv/linear layers, see `surgery.channel_chains`). In the CIFAR ResNets that is the inner
 conv of every basic block - the standard choice of these papers for CIFAR ResNets - because
 the outer conv's channels are tied to the residual stream; the classifier is never pruned.
+In a Bottleneck ResNet both inner convs (1x1 reduce, 3x3) are selected, and the stem when
+its output feeds only convs. In a MobileNetV2 inverted residual the expand conv, the
+depthwise conv and the projection's inputs share one channel index, so they are one group
+(`surgery.merge_depthwise`): the gate sits after the depthwise conv's ReLU6 and an
+unselected channel is masked in both the expand and the depthwise conv. A depthwise conv
+is never selected on its own (its channels belong to its input's producer).
 
 Where the gate sits: at the end of the layer's channel-wise chain (conv -> BN -> ReLU ->
 pool), i.e. on the activation entering the next layer. Positive gates commute with ReLU and
 pooling, so this equals gating the neuron output. After a layer is done the final gate
-N/|S| is folded into the last BatchNorm of the chain (gamma and beta; ReLU/pool after it
-are positively homogeneous) or, without BN, into the layer's weight rows and bias; the
-other channels are masked and silenced (`surgery.silence_dead_channels`).
+N/|S| is folded into the last BatchNorm of the chain (gamma and beta) when every op after
+it is positively homogeneous (ReLU, pools, dropout), or without BN into the layer's weight
+rows and bias. ReLU6 is not homogeneous (relu6(2x) != 2 relu6(x) above 3), so after a
+ReLU6 the gate is folded into the consumers' input columns instead (they are linear in
+their input). The other channels are masked and silenced (`surgery.silence_dead_channels`).
 
 Speed (REFERENCE §4): everything runs under no_grad in eval mode. Per step the network is
 traced once with torch.fx; the *prefix* (every node that does not depend on the gated
@@ -53,7 +61,9 @@ from torch import Tensor, fx, nn
 from prunekit.errors import ConfigError
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops
-from prunekit.surgery import ChannelChain, NORMS, channel_chains, dead_channels, output_layers, silence_dead_channels, trace
+from prunekit.selection.graph import GraphRunner, descendants
+from prunekit.surgery import (ChannelChain, NORMS, channel_chains, dead_channels, is_depthwise, merge_depthwise,
+                              output_layers, silence_dead_channels, trace)
 from prunekit.train import masked_update
 
 
@@ -104,118 +114,19 @@ class LayerResult:
     time_s: float = 0.0
 
 
-# -- graph execution ----------------------------------------------------------------------
-class GraphRunner:
-    """Runs a traced model node by node so the part upstream of a gate can be cached."""
-
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
-        self.nodes = list(gm.graph.nodes)
-        placeholder = next(n for n in self.nodes if n.op == "placeholder")
-        self.batchy = _descendants(placeholder)  # nodes whose values carry the batch axis
-
-    def _exec(self, node: fx.Node, value: Callable[[fx.Node], object]):
-        """Evaluate one node, reading its inputs through `value(node)`."""
-        args = fx.node.map_arg(node.args, value)
-        kwargs = fx.node.map_arg(node.kwargs, value)
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            obj = self.gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
-            return obj
-        raise ConfigError(f"greedy selection cannot execute fx node '{node.name}' ({node.op}).")
-
-    def output_node(self) -> fx.Node:
-        """The node whose value is the model output."""
-        return next(n for n in self.nodes if n.op == "output").args[0]
-
-    def run(self, x: Tensor, gate: fx.Node | None = None, alpha: Tensor | None = None) -> Tensor:
-        """Full forward pass; the value of `gate` is multiplied channel-wise by `alpha`."""
-        env: dict[fx.Node, object] = {}
-        for node in self.nodes:
-            if node.op == "placeholder":
-                env[node] = x
-            elif node.op == "output":
-                return env[node.args[0]]
-            else:
-                env[node] = self._exec(node, env.__getitem__)
-                if node is gate:
-                    env[node] = env[node] * _channel_view(alpha, env[node])
-        raise ConfigError("traced graph has no output node.")
-
-    def prefix(self, x: Tensor, dependents: set[fx.Node]) -> dict[fx.Node, object]:
-        """Values of every node that does not depend on the gate (the gate's own value included)."""
-        env: dict[fx.Node, object] = {}
-        for node in self.nodes:
-            if node.op == "placeholder":
-                env[node] = x
-            elif node.op != "output" and node not in dependents:
-                env[node] = self._exec(node, env.__getitem__)
-        return env
-
-    def suffix(self, env: dict[fx.Node, object], gate: fx.Node, dependents: set[fx.Node], gated: Tensor,
-               copies: int, wanted: list[fx.Node]) -> list[Tensor]:
-        """Re-run the nodes downstream of `gate` with its value replaced by `gated` ([copies*B, ...]).
-
-        Cached values that carry the batch axis are tiled `copies` times (candidate-major, like
-        `gated`). Returns the values of the `wanted` nodes.
-        """
-        needed = _ancestors(wanted) | set(wanted)
-        local: dict[fx.Node, object] = {gate: gated}
-
-        def value(n: fx.Node):
-            if n not in local:
-                v = env[n]
-                if copies > 1 and n in self.batchy and isinstance(v, Tensor):
-                    v = v.repeat(copies, *([1] * (v.dim() - 1)))
-                local[n] = v
-            return local[n]
-
-        for node in self.nodes:
-            if node in dependents and node in needed and node.op != "output":
-                local[node] = self._exec(node, value)
-        return [local[n] for n in wanted]
-
-
-def _channel_view(alpha: Tensor, like: Tensor) -> Tensor:
-    """Reshape a [C] (or [K, C]) gate to broadcast over [B, C, ...] (or [K, B, C, ...])."""
-    extra = like.dim() - 2
-    return alpha.view(*alpha.shape, *([1] * extra))
-
-
-def _reachable(start, step) -> set[fx.Node]:
-    """Every node reached from `start` by repeatedly following `step(node)` edges."""
-    seen, stack = set(), list(start)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(step(n))
-    return seen
-
-
-def _descendants(node: fx.Node) -> set[fx.Node]:
-    return _reachable(node.users, lambda n: n.users)
-
-
-def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
-    return _reachable((a for n in nodes for a in n.all_input_nodes), lambda n: n.all_input_nodes)
-
-
 # -- which layers, and how many channels each ------------------------------------------------
 def greedy_targets(model: nn.Module, masks: MaskSet, chains: dict[str, ChannelChain] | None = None) -> list[str]:
-    """Masked conv/linear layers with free output channels (not the classifier), input to output."""
-    chains = chains if chains is not None else channel_chains(model)
+    """Masked conv/linear layers with free output channels (not the classifier), input to output.
+
+    Chains are merged through depthwise convs first (`merge_depthwise`); a group is a target
+    only when every layer writing its channels (the layer and its depthwise convs) is masked.
+    """
+    chains = merge_depthwise(chains if chains is not None else channel_chains(model), model)
     outputs = set(output_layers(model))
+    modules = dict(model.named_modules())
     return [layer for layer, c in chains.items()
-            if c.free and c.consumers and layer not in outputs and f"{layer}.weight" in masks.masks]
+            if c.free and c.consumers and layer not in outputs and not is_depthwise(modules[layer])
+            and all(f"{n}.weight" in masks.masks for n in (layer, *c.through))]
 
 
 def budget_counts(model: nn.Module, input_shape: tuple[int, ...], targets: list[str],
@@ -225,14 +136,17 @@ def budget_counts(model: nn.Module, input_shape: tuple[int, ...], targets: list[
     One keep ratio r is shared by all target layers (k = round(r * N) rounded to a multiple of
     `multiple`, at least one multiple, at most N); a layer's MACs
     scale with its kept output fraction and with its kept input fraction (when its input is a
-    target's output). r is the largest value on a 1e-4 grid meeting the budget (bisection).
+    target's output); a depthwise conv in a target's group scales with the kept fraction once.
+    r is the largest value on a 1e-4 grid meeting the budget (bisection).
     """
+    chains = merge_depthwise(chains, model)
     flops = count_flops(model, input_shape)
     per_layer = {n: v["macs"] for n, v in flops["per_layer"].items()}
     modules = dict(model.named_modules())
     width = {t: (modules[t].out_features if isinstance(modules[t], nn.Linear) else modules[t].out_channels)
              for t in targets}
     producer = {c: t for t in targets for c in chains[t].consumers}
+    owner = {n: t for t in targets for n in (t, *chains[t].through)}  # layers whose output channels are t's
     other = flops["dense_macs"] - sum(per_layer.values())
 
     def counts(r: float) -> dict[str, int]:
@@ -242,7 +156,7 @@ def budget_counts(model: nn.Module, input_shape: tuple[int, ...], targets: list[
     def macs(k: dict[str, int]) -> float:
         total = other
         for name, m in per_layer.items():
-            out_frac = k[name] / width[name] if name in k else 1.0
+            out_frac = k[owner[name]] / width[owner[name]] if name in owner else 1.0
             in_frac = k[producer[name]] / width[producer[name]] if name in producer else 1.0
             total += m * out_frac * in_frac
         return total
@@ -279,15 +193,31 @@ def _accuracy(runner: GraphRunner, x: Tensor, y: Tensor, gate: fx.Node, alpha: T
     return correct / max(1, len(x))
 
 
+#: ops after which a positive channel gate may move before them (f(a x) = a f(x) for a > 0).
+HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+               nn.Dropout, nn.Identity)
+
+
 def _fold_gate(model: nn.Module, chain: ChannelChain, keep: Tensor, scale: float) -> None:
-    """Multiply the kept channels by `scale` inside the weights (last BN of the chain, else the layer)."""
+    """Multiply the kept channels by `scale` inside the weights (see the module docstring for where)."""
     modules = dict(model.named_modules())
-    norms = [n for n in chain.modules if isinstance(modules[n], NORMS)]
-    target = modules[norms[-1]] if norms else modules[chain.layer]
-    k = keep.to(target.weight.device)
-    target.weight[k] *= scale
-    if target.bias is not None:
-        target.bias[k] *= scale
+    norms = [i for i, n in enumerate(chain.modules) if isinstance(modules[n], NORMS)]
+    after = chain.modules[norms[-1] + 1:] if norms else chain.modules
+    if all(isinstance(modules[n], HOMOGENEOUS) for n in after):
+        target = modules[chain.modules[norms[-1]]] if norms else modules[chain.layer]
+        k = keep.to(target.weight.device)
+        target.weight[k] *= scale
+        if target.bias is not None:
+            target.bias[k] *= scale
+        return
+    for name in chain.consumers:  # conv / linear: linear in their input channels
+        w = modules[name].weight
+        if w.shape[1] % len(keep) or (w.dim() > 2 and w.shape[1] != len(keep)):
+            raise ConfigError(f"greedy selection cannot fold the gate of '{chain.layer}' into '{name}' (weight "
+                              f"{tuple(w.shape)}, {len(keep)} input channels): grouped consumers after a "
+                              "non-homogeneous activation are not supported. Exclude the layer from `prunable`.")
+        cols = w.view(w.shape[0], len(keep), -1)  # a Linear after a flatten reads C x (H*W) columns
+        cols[:, keep.to(w.device)] *= scale
 
 
 def _finetune(model: nn.Module, masks: MaskSet, batches: _Batches, steps: int, lr: float) -> None:
@@ -312,8 +242,24 @@ def greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig,
     cfg.check()
     was_training = model.training
     model.eval()
+    # Cached activations are re-read by later passes; an in-place op (torchvision's
+    # ReLU(inplace=True)) would overwrite them. Outputs are the same either way.
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    for m in inplace:
+        m.inplace = False
+    try:
+        return _greedy_select(model, masks, data, cfg, device, log)
+    finally:
+        for m in inplace:
+            m.inplace = True
+        model.train(was_training)
+
+
+def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, device,
+                   log: Callable[[str], None]) -> list[LayerResult]:
     gm = trace(model)
-    chains = channel_chains(model, gm)
+    raw_chains = channel_chains(model, gm)
+    chains = merge_depthwise(raw_chains, model)
     targets = greedy_targets(model, masks, chains)
     if not targets:
         raise ConfigError("greedy selection found no layer with free output channels among the prunable layers "
@@ -338,8 +284,9 @@ def greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig,
         t0 = time.perf_counter()
         chain = chains[layer]
         gate = nodes[chain.end]
-        dependents = _descendants(gate)
-        alive = ~dead_channels(masks.masks[f"{layer}.weight"]).cpu()
+        dependents = descendants(gate)
+        # a channel is live while any layer of its group (layer + depthwise convs) writes it
+        alive = torch.stack([~dead_channels(masks.masks[f"{n}.weight"]).cpu() for n in (layer, *chain.through)]).any(0)
         live_idx = alive.nonzero().flatten()
         n_live = len(live_idx)
         n_out = len(alive)
@@ -393,13 +340,12 @@ def greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig,
             res.stop = "budget" if budget is not None and limit < n_live else "all"
         keep = torch.zeros(n_out, dtype=torch.bool)
         keep[torch.as_tensor(selected)] = True
-        _finalize_layer(model, masks, chain, keep, n_live / len(selected))
+        _finalize_layer(model, masks, chain, raw_chains, keep, n_live / len(selected))
         if cfg.finetune_steps:
             _finetune(model, masks, batches, cfg.finetune_steps, cfg.finetune_lr)
         res.kept, res.time_s = len(selected), time.perf_counter() - t0
         results.append(res)
         log(f"  greedy {layer}: kept {res.kept}/{n_live} ({res.stop}) in {res.time_s:.1f}s")
-    model.train(was_training)
     return results
 
 
@@ -442,7 +388,7 @@ def _reference_outputs(original: GraphRunner, x: Tensor, gate_name: str, names: 
     """Outputs of the named consumer nodes in the ORIGINAL network (local imitation targets)."""
     nodes = {n.name: n for n in original.nodes}
     gate = nodes[gate_name]
-    deps = _descendants(gate)
+    deps = descendants(gate)
     env = original.prefix(x, deps)
     return original.suffix(env, gate, deps, env[gate], 1, [nodes[n] for n in names])
 
@@ -459,11 +405,14 @@ def _candidate_losses(outs: list[Tensor], ref: list[Tensor] | None, y: Tensor, k
     return ce.view(k, len(y)).mean(1).cpu()
 
 
-def _finalize_layer(model: nn.Module, masks: MaskSet, chain: ChannelChain, keep: Tensor, scale: float) -> None:
-    """Mask the unselected channels, silence them, and fold the gate N/|S| into the kept ones."""
-    name = f"{chain.layer}.weight"
-    mask = masks.masks[name].clone()
-    mask[~keep.to(mask.device)] = 0
-    masks.set({name: mask})
-    silence_dead_channels(model, {name: mask}, {chain.layer: chain})
+def _finalize_layer(model: nn.Module, masks: MaskSet, chain: ChannelChain, raw_chains: dict[str, ChannelChain],
+                    keep: Tensor, scale: float) -> None:
+    """Mask the unselected channels in every layer of the group, silence them, fold the gate N/|S|."""
+    new = {}
+    for layer in (chain.layer, *chain.through):
+        mask = masks.masks[f"{layer}.weight"].clone()
+        mask[~keep.to(mask.device)] = 0
+        new[f"{layer}.weight"] = mask
+    masks.set(new)
+    silence_dead_channels(model, new, raw_chains)
     _fold_gate(model, chain, keep, scale)
