@@ -241,11 +241,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     except (ValueError, AssertionError):
         raise ConfigError(f"--input-shape '{args.input_shape}' must be C,H,W such as 1,28,28 or 3,32,32.") from None
     from prunekit.limits import check_model_request
-    from prunekit.models.external import parse_options
+    from prunekit.models.external import is_factory, parse_options
 
     options = parse_options(args.option)
-    # measured on the meta device: allocates nothing
-    check_model_request(args.model, shape, args.num_classes, options)
+    if not is_factory(args.model):  # measured on the meta device: allocates nothing
+        check_model_request(args.model, shape, args.num_classes, options)
     print_model_info(args.model, shape, args.num_classes, options, args.checkpoint)
     return 0
 

@@ -8,9 +8,10 @@ outside the compiled forward (after each optimizer step), so pruned weights stay
 under every mode.
 
 Defaults were chosen by measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
-- channels-last is on for networks with 2-D convolutions: a ResNet-20 / LeNet-5 step on this
-  2-core CPU runs faster with NHWC tensors (oneDNN's native layout), and GPUs with tensor cores
-  prefer it too. Linear-only networks are unaffected, so they stay as they are.
+- channels-last is on for networks with 2-D convolutions in a single process: a ResNet-20 /
+  LeNet-5 step on this 2-core CPU runs faster with NHWC tensors (oneDNN's native layout), and
+  GPUs with tensor cores prefer it too. Linear-only networks are unaffected, so they stay as
+  they are. Under DDP it is opt-in (see `use_channels_last`).
 - torch.compile is on by default only on CUDA: on CPU it speeds a ResNet-20 step up but costs
   tens of seconds of compilation, more than a short run saves.
 """
@@ -33,8 +34,17 @@ def has_conv2d(model: nn.Module) -> bool:
 
 
 def use_channels_last(setting: Toggle, model: nn.Module) -> bool:
-    """Resolve `train.channels_last`: auto means on for conv nets."""
-    return has_conv2d(model) if setting == "auto" else bool(setting)
+    """Resolve `train.channels_last`: auto means on for conv nets in a single process.
+
+    Under DistributedDataParallel auto stays off: a 2-rank run resumed from a mid-epoch
+    checkpoint did not end bit-identical to an uninterrupted one with NHWC weights (it does
+    in NCHW and in one process), so NHWC there is opt-in until that is understood.
+    """
+    from prunekit.distributed import info
+
+    if setting == "auto":
+        return has_conv2d(model) and not info().enabled
+    return bool(setting)
 
 
 def use_compile(setting: Toggle, device: torch.device | str) -> bool:

@@ -393,8 +393,9 @@ def check_recipe_values(recipe: Recipe) -> None:
     validate.check_path_text(recipe.output_dir, "output_dir")
     if recipe.data.data_dir is not None:
         validate.check_path_text(recipe.data.data_dir, "data.data_dir")
-    validate.check_options(MODELS.get(recipe.model.name), recipe.model.options, "model.options",
-                           reserved=("in_channels", "num_classes", "image_size"))
+    if recipe.model.factory is None:  # a user's factory checks its own keyword arguments when called
+        validate.check_options(MODELS.get(recipe.model.name), recipe.model.options, "model.options",
+                               reserved=("in_channels", "num_classes", "image_size"))
     limits_ = {k: v for k, v in recipe.data.options.items() if k in ("limit_train", "limit_test", "limit_seed")}
     validate.check_options(load_dataset, limits_, "data.options")
     rest = {k: v for k, v in recipe.data.options.items() if k not in limits_}

@@ -172,6 +172,8 @@ def _accepts_bool(annotation: Any) -> bool:
         return True
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return any(_accepts_bool(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Literal:  # e.g. Literal["auto", True, False]
+        return any(isinstance(a, bool) for a in typing.get_args(annotation))
     return False
 
 

@@ -84,8 +84,10 @@ def test_auto_streams_only_above_the_size_threshold(folder, monkeypatch):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"name": "embedded", "streaming": True}, "data.streaming: true needs dataset 'imagefolder' (got 'embedded')"),
-    ({"streaming": True, "options": {"resize": 3}}, "streaming imagefolder has no option 'resize'"),
+    ({"name": "embedded", "streaming": True, "options": {}},
+     "data.streaming: true needs dataset 'imagefolder' (got 'embedded')"),
+    # refused when the recipe is read, before any folder is indexed
+    ({"streaming": True, "options": {"resize": 3}}, "data.options: unknown option 'resize'. Did you mean 'image_size'?"),
 ])
 def test_bad_streaming_requests_are_clear(folder, data, message):
     with pytest.raises(ConfigError) as e:

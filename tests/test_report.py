@@ -240,7 +240,9 @@ def test_real_tiny_sweep_and_run_are_reported(tmp_path):
     assert {s.key for s in sections} == {"accuracy", "macs", "layers", "curves"}
     assert len(_images(page.read_text())) == 4
 
-    run_recipe(recipe_from_dict({**quick, "model": {"name": "lenet300"}}), tmp_path / "run", progress=False,
+    run_recipe(recipe_from_dict({**quick, "model": {"name": "lenet300"},
+                                 "stages": [{"prune": {"criterion": "magnitude", "sparsity": 0.5}}, "train"]}),
+               tmp_path / "run", progress=False,
                log=lambda s: None)
     res, sections, page = write_report(tmp_path / "run")
     assert [r.method for r in res.runs] == ["magnitude", "dense"]
