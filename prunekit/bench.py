@@ -94,6 +94,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                                                          "--out", "{out}"),
                        once("--models", "lenet5,resnet20", "--steps", "20", "--repeats", "5", "--compile",
                             "--out", "{out}")),
+    # Shrunk-vs-dense latency per runtime and batch, as a ratio to the MACs reduction.
+    "latency": Benchmark("benchmarks/bench_latency.py",
+                         once("--models", "resnet20", "--batches", "1,8", "--rounds", "1", "--repeats", "2",
+                              "--out", "{out}"),
+                         once("--models", "resnet20,resnet56", "--batches", "1,8,64", "--rounds", "3", "--repeats", "5",
+                              "--out", "{out}")),
     "overhead": Benchmark("benchmarks/bench_overhead.py", once("--models", "lenet5", "--steps", "10", "--repeats", "3",
                                                                "--out", "{out}"), once("--out", "{out}")),
 }
