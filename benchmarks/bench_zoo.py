@@ -27,6 +27,7 @@ from prunekit.data import load_dataset
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params, measure_latency
 from prunekit.models import create_model
+from prunekit.models.init import perturb_batchnorm
 from prunekit.selection import GreedyConfig, greedy_select
 from prunekit.surgery import masked_copy, shrink
 
@@ -59,26 +60,13 @@ def sizes() -> list[str]:
     return rows
 
 
-def _bn_like_trained(model: nn.Module) -> None:
-    """BN statistics and affine entries away from the identity (as after training), so a pruned
-    channel's BN shift is live and silencing it matters for the masked == shrunk check."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1, generator=g)
-                m.running_var.uniform_(0.5, 2, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-
-
 def greedy_rows(data) -> list[str]:
     """Markdown rows: greedy + shrink to half the MACs on a reduced-width model."""
     rows = []
     for name, options in GREEDY.items():
         torch.manual_seed(0)
         model = create_model(name, 3, data.num_classes, SHAPE[1:], **options)
-        _bn_like_trained(model)
+        perturb_batchnorm(model)  # a pruned channel's BN shift is live, so silencing it matters
         model.eval()
         dense = count_flops(model, SHAPE)["dense_macs"], count_params(model)["total"]
         masks = MaskSet.from_model(model, types=["conv"])

@@ -7,13 +7,15 @@ only inside an epoch, so everything else (scoring, surgery, checkpoints) sees NC
 outside the compiled forward (after each optimizer step), so pruned weights stay exactly zero
 under every mode.
 
-Defaults were chosen by measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
-- channels-last is on for networks with 2-D convolutions in a single process: a ResNet-20 /
-  LeNet-5 step on this 2-core CPU runs faster with NHWC tensors (oneDNN's native layout), and
-  GPUs with tensor cores prefer it too. Linear-only networks are unaffected, so they stay as
-  they are. Under DDP it is opt-in (see `use_channels_last`).
-- torch.compile is on by default only on CUDA: on CPU it speeds a ResNet-20 step up but costs
-  tens of seconds of compilation, more than a short run saves.
+Defaults, from measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
+- channels-last is opt-in (`train.channels_last: true`, or `auto` = on for conv nets in one
+  process). It makes a ResNet-20 step 1.29x faster than a plain eager loop on this 2-core CPU
+  (LeNet-5: no gain), but a ResNet-20 run of train -> greedy -> train crashed inside backward
+  (segmentation fault, or "Inference tensors do not track version counter") in about half of
+  repeated runs with it on, and in none of 8 with it off. Until that is understood it is not
+  the default. Under DDP, auto stays off as well (see `use_channels_last`).
+- torch.compile is on by default only on CUDA: on CPU it speeds a ResNet-20 step up (1.41x) but
+  costs ~20 s of compilation, more than a short run saves.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def use_compile(setting: Toggle, device: torch.device | str) -> bool:
 
 
 def to_memory_format(model: nn.Module, masks, channels_last: bool) -> None:
-    """Convert 4-D parameters, buffers and their masks to NHWC (True) or back to NCHW (False) in place.
+    """Convert 4-D parameters and buffers to NHWC (True) or back to NCHW (False) in place.
 
     Only the storage layout changes, never a value, and parameter identity is kept (the optimizer
     and MaskSet hold references), so a checkpoint taken in either layout loads into the other.
@@ -65,10 +67,7 @@ def to_memory_format(model: nn.Module, masks, channels_last: bool) -> None:
         for t in [*model.parameters(), *model.buffers()]:
             if t.dim() == 4 and not t.is_contiguous(memory_format=fmt):
                 t.data = t.data.contiguous(memory_format=fmt)
-        if masks is not None:
-            for name, m in masks.masks.items():
-                if m.dim() == 4 and not m.is_contiguous(memory_format=fmt):
-                    m.data = m.data.contiguous(memory_format=fmt)
+        # Masks keep their own (NCHW) layout: multiplying an NHWC weight by an NCHW mask is exact.
 
 
 @contextlib.contextmanager

@@ -154,7 +154,8 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     amp: bool = Field(False, description="bfloat16 autocast for forward/backward (mixed precision)")
     channels_last: bool | Literal["auto"] = Field(
-        "auto", description="NHWC model and inputs while training; auto: on for networks with 2-D convs")
+        False, description="NHWC model and inputs while training (opt-in, see prunekit/execution.py); "
+        "auto: on for networks with 2-D convs in one process")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the forward pass (eager fallback on failure); auto: on for CUDA only")
     eval_every: int = Field(1, ge=1, description="evaluate on the test set every N epochs (the last epoch always)")

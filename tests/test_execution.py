@@ -33,6 +33,7 @@ def half_masks(model: nn.Module) -> MaskSet:
 
 def test_auto_settings_follow_the_model_and_device():
     assert has_conv2d(create_model("lenet5")) and not has_conv2d(create_model("lenet300"))
+    assert TrainConfig().channels_last is False  # opt-in: see prunekit/execution.py
     assert use_channels_last("auto", create_model("lenet5")) is True
     assert use_channels_last("auto", create_model("lenet300")) is False
     assert use_channels_last(False, create_model("lenet5")) is False
@@ -48,7 +49,6 @@ def test_layout_round_trip_keeps_values_and_parameter_identity():
     with training_layout(model, masks, True):
         conv = model.layer1[0].conv1.weight  # C_in > 1: NHWC differs from NCHW
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-        assert masks.masks["layer1.0.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
     assert [id(p) for p in model.parameters()] == ids
     for k, v in model.state_dict().items():
         assert v.is_contiguous(), k
@@ -60,7 +60,7 @@ def test_masked_training_keeps_pruned_weights_zero_in_either_layout(channels_las
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
     model = tiny_convnet()
     masks = half_masks(model)
-    cfg = TrainConfig(epochs=1, lr=0.1, channels_last=channels_last)
+    cfg = TrainConfig(epochs=1, lr=0.1, channels_last=channels_last)  # explicit: the default is off
     loop = TrainLoop(model, masks, cfg, steps_per_epoch=4, log=lambda _: None)
     assert loop.net.mode == ("channels-last" if channels_last else "nchw")
     loop.train_epoch(x, y, 16, epoch_generator(0, 0, 0), progress=False)
@@ -118,7 +118,7 @@ def test_compiled_training_keeps_pruned_weights_exactly_zero():
     for name, m in masks.masks.items():
         assert torch.count_nonzero(masks.params[name][m == 0]) == 0, name
     # Either compiled or, without a working compiler, eager with exactly one message saying so.
-    assert (loop.net.mode == "channels-last+compile" and not lines) or len(lines) == 1
+    assert (loop.net.mode.endswith("+compile") and not lines) or len(lines) == 1
 
 
 def test_memory_format_conversion_ignores_non_4d_tensors():

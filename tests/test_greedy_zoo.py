@@ -9,6 +9,7 @@ from torch import nn
 from prunekit.data import load_dataset
 from prunekit.masks import MaskSet
 from prunekit.models import create_model
+from prunekit.models.init import perturb_batchnorm
 from prunekit.selection import GreedyConfig, budget_counts, greedy_select, greedy_targets
 from prunekit.surgery import channel_chains, dead_channels, masked_copy, merge_depthwise, shrink
 
@@ -20,15 +21,7 @@ def data():
 
 def _trained_looking(model: nn.Module, seed: int = 1) -> nn.Module:
     """BN statistics and affine entries away from the identity, as after training; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1, generator=g)
-                m.running_var.uniform_(0.5, 2, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
-    return model.eval()
+    return perturb_batchnorm(model, seed).eval()
 
 
 def _mobilenet(classes: int = 10) -> nn.Module:

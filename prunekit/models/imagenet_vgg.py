@@ -20,6 +20,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.models import MODELS, scaled
+from prunekit.models.init import torchvision_init
 from prunekit.models.vgg import CONFIGS
 
 
@@ -47,17 +48,7 @@ class VGG(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(cin * pool_size * pool_size, hidden), nn.ReLU(), nn.Dropout(0.5),
             nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, num_classes))
-        # torchvision's initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        torchvision_init(self, conv_nonlinearity="relu")
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
