@@ -9,6 +9,7 @@ from torch import nn
 from prunekit.masks import MaskSet
 from prunekit.measure import count_params
 from prunekit.models import create_model
+from prunekit.models.init import perturb_batchnorm
 from prunekit.surgery import (channel_chains, dead_channels, fit_to_state_dict, load_shrunk, masked_copy,
                               save_shrunk, shrink, silence_dead_channels)
 
@@ -17,14 +18,8 @@ MODELS = [("lenet5", {}), ("vgg11", {"width": 0.25}), ("resnet20", {"width": 0.2
 
 def _random_channel_masks(model, seed=1, p=0.5):
     """Trained-looking BN statistics and ~p of every layer's output channels masked."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1, generator=g)
-                m.running_var.uniform_(0.5, 2, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.5, 0.5, generator=g)
+    perturb_batchnorm(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     masks = MaskSet.from_model(model)
     new = {}
     for name, mask in masks.masks.items():
