@@ -10,10 +10,11 @@ under every mode.
 Defaults, from measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
 - channels-last is opt-in (`train.channels_last: true`, or `auto` = on for conv nets in one
   process). It makes a ResNet-20 step 1.29x faster than a plain eager loop on this 2-core CPU
-  (LeNet-5: no gain), but a ResNet-20 run of train -> greedy -> train crashed inside backward
-  (segmentation fault, or "Inference tensors do not track version counter") in about half of
-  repeated runs with it on, and in none of 8 with it off. Until that is understood it is not
-  the default. Under DDP, auto stays off as well (see `use_channels_last`).
+  (LeNet-5: no gain), but torch 2.13's CPU kernels crash with it: a plain PyTorch loop (no
+  prunekit code) training a channels-last ResNet-20 at width 0.5 (8/16/32 channels) dies in
+  backward (segmentation fault, abort, or "Inference tensors do not track version counter")
+  in every one of 12 runs at 12-28 px inputs, and never in NCHW; width 1.0 ran clean. So it is
+  not the default. Under DDP, auto stays off as well (see `use_channels_last`).
 - torch.compile is on by default only on CUDA: on CPU it speeds a ResNet-20 step up (1.41x) but
   costs ~20 s of compilation, more than a short run saves.
 """
