@@ -258,7 +258,7 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (sweep, bench, report, ...)."""
     import importlib
 
-    for mod in ("prunekit.sweep", "prunekit.bench", "prunekit.report"):
+    for mod in ("prunekit.sweep", "prunekit.bench", "prunekit.report", "prunekit.deploy_cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
