@@ -8,6 +8,8 @@ dropped). What each one gets:
 * `prunekit run` with no arguments (the main job), `info`, `report` and `run --resume`: run
   in full, in a scratch directory. The main job's output is compared with the table the
   README shows: the same sparsity and per-layer counts, accuracies within 0.5 points.
+* `prunekit deploy RUN_DIR`: a tiny finished run is made at RUN_DIR, then the command runs with
+  `--dry-run` (it loads and checks the run; the full bundle is tested in test_deploy_cli.py).
 * every other `prunekit run` / `sweep` (training jobs of minutes to hours), also when
   launched by `torchrun`: run with `--dry-run`, which builds and validates the complete
   recipe (every sweep cell's) and exits 0, or fails with the error a user would see.
@@ -92,6 +94,9 @@ def _prepare_paths(args: list[str], cwd: Path) -> None:
     if "--dry-run" not in args and args[0] == "report" and not (cwd / args[1]).exists():
         out = _cli(["sweep", "--quick", "--methods", "magnitude,snip", "--sparsities", "0.9", "--seeds", "0",
                     "--sweep-dir", args[1], "--quiet"], cwd)
+        assert out.returncode == 0, out.stderr
+    if args[0] == "deploy" and not (cwd / args[1]).exists():  # a finished run to deploy
+        out = _cli(["run", *tiny, "--run-dir", args[1]], cwd)
         assert out.returncode == 0, out.stderr
     if "--resume" in args and "--dry-run" not in args:
         run_dir = args[args.index("--resume") + 1]
