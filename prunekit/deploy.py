@@ -13,7 +13,9 @@
 no NCHW<->NHWC reorders, which matters most for a shrunken model whose convs got cheaper
 while memory-bound work did not.
 
-onnx / onnxruntime / onnxscript are the optional dependency group `deploy`.
+onnx / onnxruntime / onnxscript are the optional dependency group `deploy`. The
+`prunekit deploy RUN_DIR` command (prunekit/deploy_cli.py) puts these pieces together for a
+finished run: shrink, fuse, export, check and time each runtime.
 """
 
 from __future__ import annotations

@@ -79,10 +79,12 @@ def _shapes(recipe, variant: Path, history: list[dict]) -> tuple[int, int, tuple
     for row in history:
         if row.get("kind") == "shrink":
             path = variant / Path(str(row.get("file", ""))).name
-            if path.is_file():
+            try:
                 blob = torch.load(path, map_location="cpu", weights_only=True)
-                if isinstance(blob, dict) and {"in_channels", "num_classes", "image_size"} <= set(blob):
-                    return int(blob["in_channels"]), int(blob["num_classes"]), tuple(blob["image_size"])
+            except Exception:  # noqa: BLE001 - missing or unreadable: the data says the shapes too
+                blob = None
+            if isinstance(blob, dict) and {"in_channels", "num_classes", "image_size"} <= set(blob):
+                return int(blob["in_channels"]), int(blob["num_classes"]), tuple(blob["image_size"])
     from prunekit.data import load_dataset
     from prunekit.data.stream import stream_if_asked
 
