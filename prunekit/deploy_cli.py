@@ -179,7 +179,9 @@ def _write_bundle(run, small: nn.Module, info: dict, opts: dict, command: str, l
             "repeats": opts["repeats"], **timing, "runtimes": notes,
             "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "torch": torch.__version__, **versions,
         }
-        facts["fastest"] = fastest(facts["latency_ms"])
+        # A runtime that fell back to eager is not a candidate: its figures are another runtime's.
+        real = {k: v for k, v in facts["latency_ms"].items() if not notes[k].get("reason")}
+        facts["fastest"] = fastest(real or facts["latency_ms"])
         facts["used"] = facts["fastest"][str(max(opts["batches"]))]
         atomic_write_json(tmp / "deploy.json", facts)
         atomic_write_text(tmp / "deploy.md", markdown(facts))
