@@ -155,9 +155,11 @@ def test_compile_failure_falls_back_to_eager_with_the_reason(runs, monkeypatch):
         raise RuntimeError("no C++ compiler found\nsecond line")
 
     monkeypatch.setattr(torch, "compile", broken)
-    assert _deploy(runs["masks"], "--runtimes", "compile", "--no-onnx", *FAST) == 0
+    assert _deploy(runs["masks"], "--runtimes", "compile,eager", "--no-onnx", *FAST) == 0
     facts = _facts(runs["masks"])
     assert facts["runtimes"]["compile"] == {"used": "eager (fused-nhwc)", "reason": "RuntimeError: no C++ compiler found"}
+    assert set(facts["latency_ms"]) == {"compile", "eager"}  # the fallback is still timed
+    assert set(facts["fastest"].values()) == {"eager"}  # but never named fastest: its figures are eager's
     assert "compile (fell back to eager: RuntimeError: no C++ compiler found)" in \
         (runs["masks"] / "deploy" / "deploy.md").read_text()
 
