@@ -96,17 +96,19 @@ def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000,
+def evaluate(model: nn.Module, x, y: Tensor, batch_size: int = 1000,
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean cross-entropy loss and top-1 accuracy of `model` on (x, y), in eval mode.
 
     Under torch.distributed each rank evaluates its shard and the sums are all-reduced,
-    so every rank returns the same numbers.
+    so every rank returns the same numbers. `x` may be a split streamed from disk
+    (prunekit.data.streamed_split.StreamedImages): then it is read batch by batch, `y` unused.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-    for xb, yb in batches(shard(x), shard(y), batch_size):
+    stream = getattr(x, "eval_batches", None)
+    for xb, yb in stream(batch_size, device) if stream else batches(shard(x), shard(y), batch_size):
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         out = model(xb)
         sums[0] += nn.functional.cross_entropy(out.float(), yb, reduction="sum")
