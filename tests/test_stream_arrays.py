@@ -19,7 +19,7 @@ from prunekit.data.streamed_split import StreamedImages
 from prunekit.distributed import DistInfo
 from prunekit.errors import ConfigError, DataError
 from prunekit.models import create_model
-from prunekit.pipeline import run_recipe
+from prunekit.pipeline import RunContext, run_pipeline, run_recipe, stream_if_asked
 from prunekit.recipe import recipe_from_dict
 from prunekit.train import TensorSource, evaluate
 
@@ -187,3 +187,40 @@ def test_truncated_compressed_idx_is_a_data_error_and_leaves_no_cache(tmp_path):
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: IDX payload truncated"):
         open_array_stream("mnist", str(root), False, {}, scoring_pool=10, workers=0, seed=0)
     assert not list((tmp_path / "cache" / "stream-cache").glob("*"))
+
+
+class Killed(Exception):
+    """Stands for a kill right after the chosen checkpoint reached the disk."""
+
+
+def test_streamed_idx_run_killed_mid_epoch_resumes_bit_identical(tmp_path, monkeypatch):
+    root = write_idx_set(tmp_path / "fm", ".gz")
+    r = recipe(root, streaming=True, batch_size=16)
+    r = r.model_copy(update={"train": r.train.model_copy(update={"epochs": 2, "checkpoint_every": 2})})
+    data = stream_if_asked(r.data)
+    full = run_pipeline(r, tmp_path / "full", data, progress=False, log=lambda _: None)
+    real = RunContext.checkpoint
+
+    def checkpoint(self, stage, epoch, loop_state=None, step=0):
+        real(self, stage, epoch, loop_state, step)
+        if (stage, epoch, step) == (0, 1, 2):  # the train stage, epoch 2 of 2, after step 2 of 4
+            raise Killed
+    monkeypatch.setattr(RunContext, "checkpoint", checkpoint)
+    with pytest.raises(Killed):
+        run_pipeline(r, tmp_path / "cut", data, progress=False, log=lambda _: None)
+    monkeypatch.undo()
+    lines = []
+    resumed = run_pipeline(r, tmp_path / "cut", data, resume=True, progress=False, log=lines.append)
+    assert lines[0].endswith("at stage 0, epoch 1, step 2")
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["model"] for d in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (resumed["test_acc"], resumed["test_loss"]) == (full["test_acc"], full["test_loss"])
+
+
+def test_unwritable_cache_is_a_data_error_naming_the_fix(tmp_path, monkeypatch):
+    root = write_idx_set(tmp_path / "fm", ".gz")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("PRUNEKIT_DATA", str(blocker))
+    with pytest.raises(DataError, match="cannot write the stream cache .*point PRUNEKIT_DATA at a writable folder"):
+        open_array_stream("mnist", str(root), False, {}, scoring_pool=10, workers=0, seed=0)

@@ -139,8 +139,12 @@ def cached_images(sources: list[Path], extra: dict, size_hint: int, what: str,
     path = cache_root() / f"{key}.u8"
     header = _read_header(path)
     if header is None or header.get("stamp") != stamp:
-        _check_disk(path.parent, size_hint, what)
-        atomic_write_bytes(path, lambda f: _write(f, stamp, fill))
+        try:
+            _check_disk(path.parent, size_hint, what)
+            atomic_write_bytes(path, lambda f: _write(f, stamp, fill))
+        except OSError as exc:
+            raise DataError(f"cannot write the stream cache {path} ({exc.strerror or exc}); point PRUNEKIT_DATA at a "
+                            "writable folder, or set data.streaming: false to load the set into memory") from None
         header = _read_header(path)
         if header is None:  # pragma: no cover - only a disk that loses writes gets here
             raise DataError(f"{path}: the cache file just written does not read back; check the disk")
