@@ -138,8 +138,8 @@ def idx_throughput(a) -> None:
         t0 = time.perf_counter()
         mem = load_dataset("fashion-mnist", a.idx)
         load_s = time.perf_counter() - t0
-        rows.append(("in-memory tensor (after loading)",
-                     best(lambda e: epoch_augmented(TensorSource(mem.train_x, mem.train_y, a.batch), aug, e), a.epochs)))
+        tsource = TensorSource(mem.train_x, mem.train_y, a.batch)
+        rows.append(("in-memory tensor (after loading)", best(lambda e: epoch_augmented(tsource, aug, e), a.epochs)))
         print(rows[-1], flush=True)
     load = os.getloadavg()
     write_section(a.out, "Streaming Fashion-MNIST from its IDX files", [

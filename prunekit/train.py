@@ -15,7 +15,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,9 @@ from prunekit.execution import Forward, training_layout, use_channels_last, use_
 from prunekit.masks import MaskSet
 from prunekit.recipe import TrainConfig
 from prunekit.registry import Registry
+
+if TYPE_CHECKING:
+    from prunekit.data.streamed_split import StreamedImages
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 
@@ -96,7 +99,7 @@ def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x, y: Tensor, batch_size: int = 1000,
+def evaluate(model: nn.Module, x: Tensor | StreamedImages, y: Tensor, batch_size: int = 1000,
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean cross-entropy loss and top-1 accuracy of `model` on (x, y), in eval mode.
 

@@ -258,7 +258,8 @@ def _splits(name: str, train, test, num_classes: int, stats, workers: int, pool:
     mean, std = (tuple(float(v) for v in s) for s in stats)
     return StreamedSplits(
         name=name, train_x=normalize_batch(pool_u8, mean, std), train_y=train.labels[pool],
-        test_x=StreamedImages(test, tuple(pool_u8.shape[1:]), mean, std, workers), test_y=test.labels, num_classes=num_classes,
+        test_x=StreamedImages(test, tuple(pool_u8.shape[1:]), mean, std, workers), test_y=test.labels,
+        num_classes=num_classes,
         in_channels=int(pool_u8.shape[1]), image_size=tuple(int(s) for s in pool_u8.shape[2:]),
         description=f"{what}; {len(train)} train (scoring pool {len(pool)}) / {len(test)} test, both read from disk "
         f"per batch; {workers} loader workers; normalized with mean {tuple(round(m, 4) for m in mean)} "

@@ -2,7 +2,8 @@
 
 A streamed dataset's test split is a `StreamedImages` where an in-memory DatasetSplits holds the
 test_x tensor. It reports the tensor's dtype, shape and length, `x[a:b]` decodes just those
-images (normalised, what robustness and shrink checks read), and `prunekit.train.evaluate`
+images (normalised: what the shrink check and robustness read; robustness without a `limit`
+reads the whole split), and `prunekit.train.evaluate`
 consumes it through `eval_batches`: the same DataLoader and workers as streamed training,
 batch_size images at a time.
 
