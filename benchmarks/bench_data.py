@@ -193,6 +193,8 @@ def main() -> None:
     f.add_argument("--width", type=float, default=1.0, help="ResNet-20 width multiplier")
     f.add_argument("--pad", type=int, default=2, help="zero padding before the random crop")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--fashion-report-only", action="store_true",
+                   help="train nothing: write the section from the epochs both variants completed in --work")
     f.add_argument("--checkpoint-every", type=int, default=50, help="steps between resumable checkpoints")
     f.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "prunekit-bench-fashion"),
                    help="checkpoints and log; rerunning the command resumes from here")
