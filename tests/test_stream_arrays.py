@@ -224,3 +224,17 @@ def test_unwritable_cache_is_a_data_error_naming_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_DATA", str(blocker))
     with pytest.raises(DataError, match="cannot write the stream cache .*point PRUNEKIT_DATA at a writable folder"):
         open_array_stream("mnist", str(root), False, {}, scoring_pool=10, workers=0, seed=0)
+
+
+def test_a_compressed_header_declaring_terabytes_is_refused_before_writing(tmp_path, monkeypatch):
+    root = write_idx_set(tmp_path / "fm", ".gz")
+    header = bytes.fromhex("00000803") + (4_000_000_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
+    with pytest.raises(DataError, match=r"holds 4000000000 images but train-labels-idx1-ubyte.gz holds 50 labels"):
+        open_array_stream("mnist", str(root), False, {}, scoring_pool=10, workers=0, seed=0)
+    # a consistent set larger than the free disk: refused before a byte of the cache is written
+    write_idx_set(root, ".gz")
+    monkeypatch.setattr(rawcache.shutil, "disk_usage", lambda _: type("U", (), {"free": 1000})())
+    with pytest.raises(DataError, match=r"needs a 38.7 KiB cache file in .*stream-cache, but only 1000 B is free"):
+        open_array_stream("mnist", str(root), False, {}, scoring_pool=10, workers=0, seed=0)
+    assert not list((tmp_path / "cache" / "stream-cache").glob("*.u8"))
