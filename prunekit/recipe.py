@@ -68,9 +68,10 @@ class DataConfig(Section):
     eval_batch_size: int = Field(1000, gt=0)
     options: dict[str, Any] = Field(default_factory=dict)
     augment: AugmentConfig | None = Field(None, description="training-batch augmentation (scoring data is never augmented)")
-    streaming: Literal["auto", True, False] = Field("auto", description="imagefolder: decode batches from disk with "
-                                                    "worker processes instead of holding the set in memory; auto: "
-                                                    "stream when the decoded train split would exceed 2 GiB")
+    streaming: Literal["auto", True, False] = Field("auto", description="read batches from disk with worker "
+                                                    "processes instead of holding the set in memory (imagefolder; "
+                                                    "with true also fashion-mnist, mnist, cifar10, cifar100); auto: "
+                                                    "stream an imagefolder whose decoded train split exceeds 2 GiB")
     workers: int = Field(2, ge=0, description="streaming: decoding worker processes (0 decodes in the training process)")
     scoring_pool: int = Field(1024, ge=1, description="streaming: class-balanced train images held in memory for "
                                                       "scoring criteria and greedy selection")

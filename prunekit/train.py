@@ -15,7 +15,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,9 @@ from prunekit.execution import Forward, training_layout, use_channels_last, use_
 from prunekit.masks import MaskSet
 from prunekit.recipe import TrainConfig
 from prunekit.registry import Registry
+
+if TYPE_CHECKING:
+    from prunekit.data.streamed_split import StreamedImages
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 
@@ -96,17 +99,19 @@ def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000,
+def evaluate(model: nn.Module, x: Tensor | StreamedImages, y: Tensor, batch_size: int = 1000,
              device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean cross-entropy loss and top-1 accuracy of `model` on (x, y), in eval mode.
 
     Under torch.distributed each rank evaluates its shard and the sums are all-reduced,
-    so every rank returns the same numbers.
+    so every rank returns the same numbers. `x` may be a split streamed from disk
+    (prunekit.data.streamed_split.StreamedImages): then it is read batch by batch, `y` unused.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-    for xb, yb in batches(shard(x), shard(y), batch_size):
+    stream = getattr(x, "eval_batches", None)
+    for xb, yb in stream(batch_size, device) if stream else batches(shard(x), shard(y), batch_size):
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         out = model(xb)
         sums[0] += nn.functional.cross_entropy(out.float(), yb, reduction="sum")

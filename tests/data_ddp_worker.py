@@ -2,7 +2,8 @@
 
 Usage: [torchrun --nproc_per_node=2] tests/data_ddp_worker.py RECIPE.yaml OUT_DIR
 Writes OUT_DIR/rank<r>.json: the dataset indices of every training batch this rank loaded,
-and the final mask checksum. Under torchrun it then also runs a 2-epoch prune + train of the
+the final mask checksum, and one seeded model's evaluation on the streamed test split and on
+the same split loaded into memory. Under torchrun it then also runs a 2-epoch prune + train of the
 same data three ways in OUT_DIR/resume: uninterrupted (full), stopped on every rank right
 after a mid-epoch checkpoint (cut), and resumed (cut, --resume), for the test to compare.
 """
@@ -11,10 +12,16 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 import prunekit.pipeline as pl
+from prunekit.data import load_dataset
 from prunekit.data.sampler import ShardBatchSampler
+from prunekit.data.stream import stream_if_asked
 from prunekit.distributed import barrier, info, init_from_env, leave_group
+from prunekit.models import create_model
 from prunekit.recipe import load_recipe
+from prunekit.train import evaluate
 
 
 def main() -> None:
@@ -38,7 +45,8 @@ def main() -> None:
         summary = pl.run_recipe(load_recipe(recipe_path), out / "run", progress=False, log=lambda _: None)
         (out / f"rank{d.rank}.json").write_text(json.dumps({"seen": seen, **final,
                                                             "kinds": [r["kind"] for r in _history(out)],
-                                                            "params": summary["pruned"]["params_total"]}))
+                                                            "params": summary["pruned"]["params_total"],
+                                                            "eval": evaluate_both(load_recipe(recipe_path))}))
         if d.enabled:
             ShardBatchSampler.__iter__ = read
             pl.summarize = summarize.__defaults__[0]
@@ -46,6 +54,17 @@ def main() -> None:
         barrier()  # leave together: a rank exiting with gloo threads alive can abort the other
     finally:
         leave_group()
+
+
+def evaluate_both(recipe) -> dict:
+    """One seeded model evaluated on the streamed test split and on the same split in memory (this rank's part
+    of each, all-reduced)."""
+    streamed = stream_if_asked(recipe.data)
+    mem = load_dataset("imagefolder", recipe.data.data_dir, mean=streamed.mean, std=streamed.std)
+    torch.manual_seed(0)
+    model = create_model("lenet5", in_channels=3, num_classes=10, image_size=(32, 32))
+    return {"streamed": evaluate(model, streamed.test_x, streamed.test_y, 7),
+            "memory": evaluate(model, mem.test_x, mem.test_y, 7)}
 
 
 class Killed(Exception):

@@ -65,6 +65,12 @@ def test_one_process_and_two_ranks(setup):
     assert not a & b and a | b == set(range(200))  # disjoint shards covering the epoch (200 needs no padding)
     for x, y, glob in zip(r0["seen"], r1["seen"], one["seen"]):
         assert sorted(x + y) == sorted(glob)  # the ranks split the single-process global batch
+    # streamed evaluation: each rank its part of the test split, sums all-reduced: the same accuracy
+    # on both ranks as the in-memory evaluation, and as one process evaluating all 30 images
+    assert one["eval"]["streamed"] == one["eval"]["memory"]
+    assert r0["eval"] == r1["eval"] and r0["eval"]["streamed"] == r0["eval"]["memory"]
+    assert r0["eval"]["streamed"]["acc"] == one["eval"]["streamed"]["acc"]
+    assert r0["eval"]["streamed"]["loss"] == pytest.approx(one["eval"]["streamed"]["loss"], rel=1e-6)
 
     # 2 ranks stopped right after a mid-epoch checkpoint, then resumed: bit-identical to no stop
     full, cut = (load_checkpoint(root / "two" / "resume" / d / "pruned" / "checkpoint.pt") for d in ("full", "cut"))

@@ -78,6 +78,28 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.n
 
 
 def _read_idx_stream(stream, path: Path, expected_magic: int | None) -> np.ndarray:
+    dims, dtype, header = read_idx_header(stream, path, expected_magic)
+    need = int(np.prod(dims, dtype=object)) * dtype.itemsize  # object: no int64 overflow
+    shape = " x ".join(map(str, dims))
+    # Decompressed payloads (or raw ones whose size matched) are read only up to the declared size.
+    limits.check_declared_size(path, need)
+    payload = _read_exactly(stream, need, path)
+    extra = _read_exactly(stream, 1, path)
+    if len(payload) != need or extra:
+        what = "truncated" if len(payload) < need else "has trailing bytes"
+        found = f"{len(payload)} bytes" if len(payload) < need else "more"
+        raise DataError(f"{path}: IDX payload {what}: header says {shape} ({need} bytes), found {found};"
+                        " re-download the file")
+    array = np.frombuffer(payload, dtype=dtype, count=need // dtype.itemsize)
+    return array.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+
+
+def read_idx_header(stream, path: Path, expected_magic: int | None) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Read and check an IDX header from `stream`: (dims, on-disk dtype, header bytes).
+
+    For a raw file (a plain binary stream) the payload size the header declares must match the
+    file size; a compressed payload is checked by whoever reads it.
+    """
     data = _read_exactly(stream, 4, path)
     if len(data) < 4:
         raise DataError(f"{path}: only {len(data)} bytes, too short for an IDX header; re-download it")
@@ -104,17 +126,7 @@ def _read_idx_stream(stream, path: Path, expected_magic: int | None) -> np.ndarr
             what = "truncated" if have < need else "has trailing bytes"
             raise DataError(f"{path}: IDX payload {what}: header says {shape} ({need} bytes), found {have} bytes;"
                             " re-download the file")
-    # Decompressed payloads (or raw ones whose size matched) are read only up to the declared size.
-    limits.check_declared_size(path, need)
-    payload = _read_exactly(stream, need, path)
-    extra = _read_exactly(stream, 1, path)
-    if len(payload) != need or extra:
-        what = "truncated" if len(payload) < need else "has trailing bytes"
-        found = f"{len(payload)} bytes" if len(payload) < need else "more"
-        raise DataError(f"{path}: IDX payload {what}: header says {shape} ({need} bytes), found {found};"
-                        " re-download the file")
-    array = np.frombuffer(payload, dtype=dtype, count=need // dtype.itemsize)
-    return array.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+    return dims, dtype, header
 
 
 def write_idx(path: str | os.PathLike, array) -> Path:

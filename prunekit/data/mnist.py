@@ -71,24 +71,48 @@ def _fetch_if_missing(
         download_dataset(dataset, directory, mirror)
 
 
+def idx_directory(dataset: str, data_dir: str | None, download: bool, mirror: str | None) -> tuple[Path, str]:
+    """(folder holding the four IDX files, hint for errors) for fashion-mnist / mnist, downloaded on request.
+
+    Fashion-MNIST: data_dir, else the Debian package folder, else the cache; MNIST: data_dir, else the cache.
+    """
+    if dataset == "fashion-mnist":
+        if data_dir:
+            directory = Path(data_dir)
+        elif DEBIAN_FASHION_MNIST.is_dir():
+            directory = DEBIAN_FASHION_MNIST
+        else:
+            directory = default_data_root() / "fashion-mnist"
+        hint = (
+            "Pass --data-dir DIR holding the Fashion-MNIST files, install them with"
+            " `apt-get install dataset-fashion-mnist`, or pass --download."
+        )
+    else:
+        directory = Path(data_dir) if data_dir else default_data_root() / "mnist"
+        hint = "Pass --data-dir DIR holding the four MNIST IDX files, or pass --download."
+    _fetch_if_missing(dataset, directory, download, mirror, hint)
+    return directory, hint
+
+
+def idx_paths(directory: Path, split: str, hint: str) -> tuple[Path, Path]:
+    """The (images, labels) IDX files of `split` ('train' or 'test') in `directory`."""
+    img_stem, lbl_stem = _STEMS[split]
+    return find_idx(directory, img_stem, hint), find_idx(directory, lbl_stem, hint)
+
+
+IDX_SETS = {
+    "fashion-mnist": (FASHION_MNIST_STATS, "Fashion-MNIST (Zalando Research, MIT)"),
+    "mnist": (MNIST_STATS, "MNIST (LeCun, Cortes, Burges)"),
+}
+
+
 @DATASETS.register("fashion-mnist")
 def load_fashion_mnist(
     data_dir: str | None = None, download: bool = False, mirror: str | None = None
 ) -> DatasetSplits:
     """Fashion-MNIST (Zalando Research, MIT): data_dir, else the Debian package folder, else the cache."""
-    if data_dir:
-        directory = Path(data_dir)
-    elif DEBIAN_FASHION_MNIST.is_dir():
-        directory = DEBIAN_FASHION_MNIST
-    else:
-        directory = default_data_root() / "fashion-mnist"
-    hint = (
-        "Pass --data-dir DIR holding the Fashion-MNIST files, install them with"
-        " `apt-get install dataset-fashion-mnist`, or pass --download."
-    )
-    _fetch_if_missing("fashion-mnist", directory, download, mirror, hint)
-    desc = "Fashion-MNIST (Zalando Research, MIT)"
-    return load_idx_folder("fashion-mnist", directory, FASHION_MNIST_STATS, desc, hint)
+    directory, hint = idx_directory("fashion-mnist", data_dir, download, mirror)
+    return load_idx_folder("fashion-mnist", directory, *IDX_SETS["fashion-mnist"], hint)
 
 
 @DATASETS.register("mnist")
@@ -96,7 +120,5 @@ def load_mnist(
     data_dir: str | None = None, download: bool = False, mirror: str | None = None
 ) -> DatasetSplits:
     """MNIST from data_dir (default: the prunekit data cache), downloaded there on request."""
-    directory = Path(data_dir) if data_dir else default_data_root() / "mnist"
-    hint = "Pass --data-dir DIR holding the four MNIST IDX files, or pass --download."
-    _fetch_if_missing("mnist", directory, download, mirror, hint)
-    return load_idx_folder("mnist", directory, MNIST_STATS, "MNIST (LeCun, Cortes, Burges)", hint)
+    directory, hint = idx_directory("mnist", data_dir, download, mirror)
+    return load_idx_folder("mnist", directory, *IDX_SETS["mnist"], hint)

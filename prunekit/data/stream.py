@@ -1,4 +1,4 @@
-"""Streaming `imagefolder` training data: batches decoded from disk by DataLoader workers.
+"""Streaming training data: batches read from disk by DataLoader workers, never the whole set in memory.
 
 For an image folder too large to hold in memory (ImageNet: ~1.28M JPEGs), training reads
 each epoch's batches from disk: `torch.utils.data.DataLoader` worker processes open and
@@ -9,7 +9,11 @@ from prunekit.data.sampler (seeded, sharded, resumable mid-epoch).
 
 What stays in memory: a class-balanced *scoring pool* of `data.scoring_pool` train images,
 drawn by index from the folder index (no pass over the data), which the scoring criteria,
-greedy selection and RigL read as `train_x`; and the test split, used for evaluation.
+greedy selection and RigL read as `train_x`. The test split stays on disk too
+(prunekit.data.streamed_split): evaluation reads it batch by batch through the same loader.
+
+Asked for explicitly (`data.streaming: true`), fashion-mnist, mnist, cifar10 and cifar100
+stream the same way from memory-mapped uint8 files (prunekit.data.stream_arrays).
 
 The folder index (class names, file paths, labels) is read once and cached as JSON under
 $PRUNEKIT_DATA/index/, keyed by the folder's path and the modification times of its class
@@ -33,7 +37,10 @@ from prunekit.checkpoint import atomic_write_json
 from prunekit.data.augment import normalize_batch
 from prunekit.data.base import DatasetSplits, balanced_indices, default_data_root
 from prunekit.data.folder import _GRAY_MODES, _image_mode, _list_split, _load_image
+from prunekit.data.rawcache import MemmapImages
 from prunekit.data.sampler import EpochShard, ShardBatchSampler
+from prunekit.data.stream_arrays import ARRAY_SETS, open_array_set
+from prunekit.data.streamed_split import StreamedImages
 from prunekit.distributed import info
 from prunekit.errors import ConfigError, DataError
 
@@ -107,9 +114,10 @@ class ImageFolderStream(torch.utils.data.Dataset):
 
 @dataclass(eq=False)
 class StreamedSplits(DatasetSplits):
-    """DatasetSplits whose train_x/train_y hold the scoring pool; training reads `train_stream`."""
+    """DatasetSplits whose train_x/train_y hold the scoring pool; training reads `train_stream`,
+    evaluation the StreamedImages in test_x."""
 
-    train_stream: ImageFolderStream | None = None
+    train_stream: ImageFolderStream | MemmapImages | None = None
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     workers: int = 0
@@ -118,6 +126,20 @@ class StreamedSplits(DatasetSplits):
     @property
     def train_size(self) -> int:
         return len(self.train_stream)
+
+    def check_sane(self) -> None:
+        """As DatasetSplits.check_sane, without reading the streamed test split: streamed images are
+        uint8, so they normalise to finite values whenever every std is positive."""
+        if not all(s > 0 for s in self.std):
+            raise DataError(f"dataset '{self.name}': normalization std {self.std} has a zero; give a positive std "
+                            "per channel in data.options")
+        if len(self.test_y) == 0 or self.train_size == 0:
+            split = "test" if len(self.test_y) == 0 else "train"
+            raise DataError(f"dataset '{self.name}': the {split} split is empty; check the data folder or the "
+                            "limit_train / limit_test options")
+        if len(torch.unique(self.train_stream.labels)) < 2:
+            raise DataError(f"dataset '{self.name}': every training image has label "
+                            f"{int(self.train_stream.labels[0])}; a classifier needs at least two classes")
 
 
 class StreamSource:
@@ -159,14 +181,18 @@ def _limit(labels: Tensor, limit: int | None, num_classes: int, seed: int) -> Te
 
 
 def should_stream(streaming, name: str, data_dir: str | None, options: dict) -> bool:
-    """Resolve `data.streaming` (auto: by the decoded size of the train split)."""
+    """Resolve `data.streaming` (auto: by the decoded size of the train split).
+
+    auto never streams the fixed-size sets: their float32 train splits (0.2 GB for the MNISTs,
+    0.6 GB for CIFAR) are under AUTO_STREAM_BYTES; `true` streams them anyway.
+    """
     if streaming is False:
         return False
     if name != "imagefolder":
-        if streaming is True:
-            raise ConfigError(f"data.streaming: true needs dataset 'imagefolder' (got '{name}'); the other datasets "
-                              "fit in memory: set data.streaming: auto or false")
-        return False
+        if streaming is True and name not in ARRAY_SETS:
+            raise ConfigError(f"data.streaming: true needs dataset 'imagefolder' or one of {', '.join(ARRAY_SETS)} "
+                              f"(got '{name}'); '{name}' is generated in memory: set data.streaming: auto or false")
+        return streaming is True
     if streaming is True:
         return True
     if not data_dir:
@@ -202,10 +228,7 @@ def open_stream(data_dir: str, options: dict, scoring_pool: int, workers: int, s
         train_items, train_labels = [train_items[i] for i in keep.tolist()], train_labels[keep]
     if (keep := _limit(test_labels, options.get("limit_test"), num_classes, lseed)) is not None:
         test_items = [test_items[i] for i in keep.tolist()]
-    # The pool: an equal share per class (fewer where a class is smaller), fixed by the seed.
-    per_class = max(1, scoring_pool // num_classes)
-    have = torch.bincount(train_labels, minlength=num_classes)
-    pool = balanced_indices(train_labels, {c: min(per_class, int(have[c])) for c in range(num_classes)}, seed)
+    pool = _pool(train_labels, num_classes, scoring_pool, seed)
     channels = options.get("channels")
     if channels not in (None, 1, 3):
         raise ConfigError(f"imagefolder channels must be 1 or 3, got {channels}")
@@ -224,16 +247,49 @@ def open_stream(data_dir: str, options: dict, scoring_pool: int, workers: int, s
         pixels = pool_u8.double().div(255).transpose(0, 1).reshape(channels, -1)
         mean = tuple(pixels.mean(1).tolist()) if mean is None else mean
         std = tuple(max(s, 1e-6) for s in pixels.std(1, correction=0).tolist()) if std is None else std
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    test_u8, test_y = ImageFolderStream(root, test_items, channels, size).load(range(len(test_items)), workers)
+    test = ImageFolderStream(root, test_items, channels, size)
+    return _splits("imagefolder", train, test, num_classes, (mean, std), workers, pool, pool_u8,
+                   f"image folder {root} streamed from disk ({num_classes} classes)")
+
+
+def _splits(name: str, train, test, num_classes: int, stats, workers: int, pool: Tensor, pool_u8: Tensor,
+            what: str) -> StreamedSplits:
+    """StreamedSplits over per-sample train/test datasets, the pool's images already read."""
+    mean, std = (tuple(float(v) for v in s) for s in stats)
     return StreamedSplits(
-        name="imagefolder", train_x=normalize_batch(pool_u8, mean, std), train_y=pool_y,
-        test_x=normalize_batch(test_u8, mean, std), test_y=test_y, num_classes=num_classes,
-        in_channels=channels, image_size=size,
-        description=f"image folder {root} streamed from disk ({num_classes} classes); {len(train)} train "
-        f"(scoring pool {len(pool)}) / {len(test_items)} test; {workers} decoding workers; normalized with mean "
-        f"{tuple(round(m, 4) for m in mean)} std {tuple(round(s, 4) for s in std)}",
+        name=name, train_x=normalize_batch(pool_u8, mean, std), train_y=train.labels[pool],
+        test_x=StreamedImages(test, tuple(pool_u8.shape[1:]), mean, std, workers), test_y=test.labels,
+        num_classes=num_classes,
+        in_channels=int(pool_u8.shape[1]), image_size=tuple(int(s) for s in pool_u8.shape[2:]),
+        description=f"{what}; {len(train)} train (scoring pool {len(pool)}) / {len(test)} test, both read from disk "
+        f"per batch; {workers} loader workers; normalized with mean {tuple(round(m, 4) for m in mean)} "
+        f"std {tuple(round(s, 4) for s in std)}",
         train_stream=train, mean=mean, std=std, workers=workers, pool_indices=pool)
+
+
+def _pool(labels: Tensor, num_classes: int, scoring_pool: int, seed: int) -> Tensor:
+    """The scoring pool: an equal share per class (fewer where a class is smaller), fixed by the seed."""
+    per_class = max(1, scoring_pool // num_classes)
+    have = torch.bincount(labels, minlength=num_classes)
+    return balanced_indices(labels, {c: min(per_class, int(have[c])) for c in range(num_classes)}, seed)
+
+
+def open_array_stream(name: str, data_dir: str | None, download: bool, options: dict, scoring_pool: int,
+                      workers: int, seed: int) -> StreamedSplits:
+    """Stream fashion-mnist / mnist / cifar10 / cifar100 from memory-mapped files (converted once when needed)."""
+    train, test, num_classes, stats, what = open_array_set(name, data_dir, download, options)
+    for split, ds in (("train", train), ("test", test)):
+        if len(ds.labels) and (int(ds.labels.min()) < 0 or int(ds.labels.max()) >= num_classes):
+            raise DataError(f"dataset '{name}': {split} labels span {int(ds.labels.min())}..{int(ds.labels.max())}, "
+                            f"outside 0..{num_classes - 1}; the label file is corrupt or from another set")
+    lseed = options.get("limit_seed", 0)
+    if (keep := _limit(train.labels, options.get("limit_train"), num_classes, lseed)) is not None:
+        train = train.subset(keep)
+    if (keep := _limit(test.labels, options.get("limit_test"), num_classes, lseed)) is not None:
+        test = test.subset(keep)
+    pool = _pool(train.labels, num_classes, scoring_pool, seed)
+    pool_u8, _ = train.load(pool)
+    return _splits(name, train, test, num_classes, stats, workers, pool, pool_u8, f"{what}, streamed")
 
 
 def stream_if_asked(cfg) -> StreamedSplits | None:
@@ -244,6 +300,9 @@ def stream_if_asked(cfg) -> StreamedSplits | None:
     """
     if not should_stream(cfg.streaming, cfg.name, cfg.data_dir, cfg.options):
         return None
+    if cfg.name in ARRAY_SETS:
+        return open_array_stream(cfg.name, cfg.data_dir, cfg.download, dict(cfg.options), cfg.scoring_pool,
+                                 cfg.workers, seed=0)
     if cfg.download:
         raise ConfigError("dataset 'imagefolder' cannot be downloaded; point data_dir at your images")
     if not cfg.data_dir:
