@@ -50,6 +50,7 @@ from prunekit.surgery import shrink
 OUT = Path("benchmarks/results/structure.md")
 COLLAPSE_OUT = Path("benchmarks/results/structure_collapse.md")
 TP_HEADER = "## Global channel pruning: normalisation against Torch-Pruning at equal MACs"
+COLLAPSE_NOTE = "### Reading the table"  # hand-written; regenerating the table keeps it
 PAI_METHODS = "random,magnitude,snip,grasp,synflow"
 MODELS = {  # name -> (factory kwargs, input shape)
     "lenet5": ({}, (1, 28, 28)),
@@ -130,11 +131,12 @@ def fmt(row: dict) -> str:
                    f"{row['diff']:.1e} | {row['left_out']} |")
 
 
-def collapse(dataset: str, epochs: dict[str, int], sparsity: float, workdir: Path) -> None:
+def collapse(dataset: str, epochs: dict[str, int], sparsity: float, workdir: Path, tables_only: bool = False) -> None:
     """Accuracy at `sparsity` with and without the collapse floor, every PaI method, lenet300 and lenet5.
 
     `epochs` gives each model's training epochs; a sweep directory per model, epochs and floor
-    setting lets an interrupted run continue where it stopped.
+    setting lets an interrupted run continue where it stopped; `tables_only` trains nothing and
+    tabulates the finished cells. A hand-written note under COLLAPSE_NOTE in the old file is kept.
     """
     same = len(set(epochs.values())) == 1
     trained = (f"{epochs['lenet300']} epochs" if same else
@@ -150,18 +152,26 @@ def collapse(dataset: str, epochs: dict[str, int], sparsity: float, workdir: Pat
              "|---|---|---:|---:|---:|---:|"]
     for model, n in epochs.items():
         res = {}
-        for flag in ("--no-prevent-collapse", "--prevent-collapse"):
+        for flag in ("--prevent-collapse", "--no-prevent-collapse"):  # the floor first: it is the claim
             out = workdir / f"{model}-e{n}{flag}"
             subprocess.run([sys.executable, "-m", "prunekit", "sweep", "--model", model, "--dataset", dataset,
                             "--epochs", str(n), "--methods", PAI_METHODS, "--sparsities", str(sparsity),
-                            "--seeds", "0", "--no-dense", flag, "--quiet", "--sweep-dir", str(out)], check=True)
-            with open(out / "results.csv") as f:
-                res[flag] = {r["method"]: r for r in csv.DictReader(f)}
+                            "--seeds", "0", "--no-dense", flag, "--quiet", "--sweep-dir", str(out),
+                            *(["--tables-only"] if tables_only else [])], check=True)
+            if (out / "results.csv").exists():
+                with open(out / "results.csv") as f:
+                    res[flag] = {r["method"]: r for r in csv.DictReader(f)}
+
+        def cells(flag: str, method: str) -> str:
+            r = res.get(flag, {}).get(method)
+            return f"{100 * float(r['test_acc']):.2f} | {r['collapsed']}" if r else "not run | -"
+
         for method in PAI_METHODS.split(","):
-            off, on = res["--no-prevent-collapse"][method], res["--prevent-collapse"][method]
-            lines.append(f"| {model} | {method} | {100 * float(off['test_acc']):.2f} | {off['collapsed']} | "
-                         f"{100 * float(on['test_acc']):.2f} | {on['collapsed']} |")
-    COLLAPSE_OUT.write_text("\n".join(lines) + "\n")
+            lines.append(f"| {model} | {method} | {cells('--no-prevent-collapse', method)} | "
+                         f"{cells('--prevent-collapse', method)} |")
+    old = COLLAPSE_OUT.read_text() if COLLAPSE_OUT.exists() else ""
+    note = old[old.find("\n" + COLLAPSE_NOTE + "\n"):] if "\n" + COLLAPSE_NOTE + "\n" in old else ""
+    COLLAPSE_OUT.write_text("\n".join(lines) + "\n" + note)
     print("\n".join(lines))
 
 
@@ -196,6 +206,7 @@ def main() -> None:
     parser.add_argument("--collapse", action="store_true", help="train: PaI methods at 99.5%% with/without the floor")
     parser.add_argument("--dataset", default="embedded")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--tables-only", action="store_true", help="--collapse: tabulate finished cells, train nothing")
     parser.add_argument("--lenet5-epochs", type=int, help="--collapse: LeNet-5's epochs when they must differ")
     parser.add_argument("--vs-tp", action="store_true", help="train: normalisation against Torch-Pruning at equal MACs")
     parser.add_argument("--dense-epochs", type=int, default=1, help="--vs-tp: epochs of dense training")
@@ -205,7 +216,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.collapse:
         epochs = {"lenet300": args.epochs, "lenet5": args.lenet5_epochs or args.epochs}
-        return collapse(args.dataset, epochs, 0.995, args.workdir)
+        return collapse(args.dataset, epochs, 0.995, args.workdir, args.tables_only)
     if args.vs_tp:
         return vs_torch_pruning(args.dataset, args.dense_epochs, args.ft_per_class)
     t0 = time.perf_counter()
