@@ -169,10 +169,48 @@ def collapse(dataset: str, epochs: dict[str, int], sparsity: float, workdir: Pat
         for method in PAI_METHODS.split(","):
             lines.append(f"| {model} | {method} | {cells('--no-prevent-collapse', method)} | "
                          f"{cells('--prevent-collapse', method)} |")
+    lines += ["", f"Random masks at {sparsity:.1%} at initialisation (no training; `random_mask_signal`): how many "
+              "classes any input path reaches, and how large the logits' spread is next to the dense model's.", "",
+              *signal_lines(1 - sparsity)]
     old = COLLAPSE_OUT.read_text() if COLLAPSE_OUT.exists() else ""
     note = old[old.find("\n" + COLLAPSE_NOTE + "\n"):] if "\n" + COLLAPSE_NOTE + "\n" in old else ""
     COLLAPSE_OUT.write_text("\n".join(lines) + "\n" + note)
     print("\n".join(lines))
+
+
+def random_mask_signal(model_name: str, density: float, seed: int, floor: bool) -> tuple[int, float]:
+    """A random global mask at `density`: classes reachable from the input, and the logits' spread vs dense.
+
+    Reachability pushes ones through the masks as weights (biases zero); the spread is the mean
+    per-logit std over a random batch, masked model over dense model, both at initialisation.
+    """
+    torch.manual_seed(seed)
+    dense = create_model(model_name).eval()
+    masks = MaskSet.from_model(dense)
+    g = torch.Generator().manual_seed(seed)
+    scores = {n: torch.rand(p.shape, generator=g) for n, p in masks.params.items()}
+    keep = compute_masks(scores, masks, density, "global", "weight", prevent_collapse=floor)
+    ones, masked = create_model(model_name).eval(), create_model(model_name).eval()
+    masked.load_state_dict(dense.state_dict())
+    x = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(seed + 100))
+    with torch.no_grad():
+        for (n, p), (_, q) in zip(ones.named_parameters(), masked.named_parameters()):
+            p.copy_(keep[n].to(p) if n in keep else torch.zeros_like(p))
+            q.mul_(keep[n].to(q) if n in keep else 1)
+        reachable = int((ones(torch.ones(1, 1, 28, 28))[0] > 0).sum())
+        spread = float(masked(x).std(0).mean() / dense(x).std(0).mean())
+    return reachable, spread
+
+
+def signal_lines(density: float, seeds=(0, 1, 2)) -> list[str]:
+    """Markdown rows: random masks on lenet300 / lenet5 with the floor off and on, per seed."""
+    lines = ["| model | seed | classes reachable, off | logit spread vs dense, off | classes reachable, on | "
+             "logit spread vs dense, on |", "|---|---:|---:|---:|---:|---:|"]
+    for model in ("lenet300", "lenet5"):
+        for seed in seeds:
+            (r0, s0), (r1, s1) = (random_mask_signal(model, density, seed, f) for f in (False, True))
+            lines.append(f"| {model} | {seed} | {r0}/10 | {s0:.1e} | {r1}/10 | {s1:.1e} |")
+    return lines
 
 
 def tp_section(text: str) -> str:

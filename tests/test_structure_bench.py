@@ -60,3 +60,12 @@ def test_torch_pruning_is_matched_to_prunekit_macs_within_two_percent():
     assert tp_model(example).shape == (1, 10)
     # The dense model is untouched by either pruner.
     assert bench_tp.physical_channels(dense, dense) == {"0": (20, 20), "3": (50, 50), "7": (500, 500)}
+
+
+def test_random_masks_at_99_5_percent_reach_every_class_only_with_the_floor():
+    # Exact values for seed 0 (benchmarks/results/structure_collapse.md prints the same rows).
+    assert bench_structure.random_mask_signal("lenet300", 0.005, 0, floor=False)[0] == 2
+    reach, spread = bench_structure.random_mask_signal("lenet300", 0.005, 0, floor=True)
+    assert reach == 10 and 1e-4 < spread < 1e-3
+    reach, spread = bench_structure.random_mask_signal("lenet5", 0.005, 0, floor=True)
+    assert reach == 10 and spread < 1e-4
