@@ -2,8 +2,10 @@
 
     PYTHONPATH=. python benchmarks/bench_structure.py      # writes benchmarks/results/structure.md
     PYTHONPATH=. python benchmarks/bench_structure.py --densities 0.5 0.3 0.1 0.02
-    PYTHONPATH=. python benchmarks/bench_structure.py --collapse [--dataset fashion-mnist --epochs 10]
+    PYTHONPATH=. python benchmarks/bench_structure.py --collapse [--dataset fashion-mnist --epochs 10 --lenet5-epochs N]
                                                            # writes benchmarks/results/structure_collapse.md
+    PYTHONPATH=. python benchmarks/bench_structure.py --vs-tp [--dataset fashion-mnist --dense-epochs 1]
+                                                           # adds a section to benchmarks/results/structure.md
 
 For every (model, granularity, allocation, target density) it prunes a freshly built model
 (magnitude scores, BatchNorm given random statistics so a live shift would show) and
@@ -18,6 +20,11 @@ take about a minute on one core.
 `--collapse` trains instead: every pruning-at-init method at 99.5% sparsity on lenet300 and
 lenet5, with and without `prevent_collapse`, through `prunekit sweep` (one seed), and
 tabulates accuracy and collapsed layers side by side.
+
+`--vs-tp` trains too: global channel magnitude pruning at 30/50/70% on resnet20 and vgg11 with
+`normalize: none` and `layer`, against Torch-Pruning's global L1 at the same MACs, before and
+after an identical short fine-tune (benchmarks/bench_structure_tp.py). Its section replaces
+any earlier one at the end of structure.md.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from prunekit.surgery import shrink
 
 OUT = Path("benchmarks/results/structure.md")
 COLLAPSE_OUT = Path("benchmarks/results/structure_collapse.md")
+TP_HEADER = "## Global channel pruning: normalisation against Torch-Pruning at equal MACs"
+COLLAPSE_NOTE = "### Reading the table"  # hand-written; regenerating the table keeps it
 PAI_METHODS = "random,magnitude,snip,grasp,synflow"
 MODELS = {  # name -> (factory kwargs, input shape)
     "lenet5": ({}, (1, 28, 28)),
@@ -122,30 +131,111 @@ def fmt(row: dict) -> str:
                    f"{row['diff']:.1e} | {row['left_out']} |")
 
 
-def collapse(dataset: str, epochs: int, sparsity: float, workdir: Path) -> None:
-    """Accuracy at `sparsity` with and without the collapse floor, every PaI method, lenet300 and lenet5."""
+def collapse(dataset: str, epochs: dict[str, int], sparsity: float, workdir: Path, tables_only: bool = False) -> None:
+    """Accuracy at `sparsity` with and without the collapse floor, every PaI method, lenet300 and lenet5.
+
+    `epochs` gives each model's training epochs; a sweep directory per model, epochs and floor
+    setting lets an interrupted run continue where it stopped; `tables_only` trains nothing and
+    tabulates the finished cells. A hand-written note under COLLAPSE_NOTE in the old file is kept.
+    """
+    same = len(set(epochs.values())) == 1
+    trained = (f"{epochs['lenet300']} epochs" if same else
+               ", ".join(f"{m} {e} epochs" for m, e in epochs.items()))
+    flags = "" if same else f" --lenet5-epochs {epochs['lenet5']}"
     lines = [f"## Layer collapse at {sparsity:.1%} sparsity: prevent_collapse off vs on", "",
-             f"`PYTHONPATH=. python benchmarks/bench_structure.py --collapse --dataset {dataset} --epochs {epochs}` "
-             f"(prunekit sweep, seed 0, {epochs} epochs on `{dataset}`, global unstructured allocation). The floor "
+             f"`PYTHONPATH=. python benchmarks/bench_structure.py --collapse --dataset {dataset} "
+             f"--epochs {epochs['lenet300']}{flags}` "
+             f"(prunekit sweep, seed 0, {trained} on `{dataset}`, global unstructured allocation). The floor "
              "keeps every output unit's best weight inside the budget. Chance is 10%; a run at chance with no "
              "collapsed layer has weights in every layer but no path that learns within this budget.", "",
              "| model | method | acc %, off | collapsed layers, off | acc %, on | collapsed layers, on |",
              "|---|---|---:|---:|---:|---:|"]
-    for model in ("lenet300", "lenet5"):
+    for model, n in epochs.items():
         res = {}
-        for flag in ("--no-prevent-collapse", "--prevent-collapse"):
-            out = workdir / f"{model}{flag}"
+        for flag in ("--prevent-collapse", "--no-prevent-collapse"):  # the floor first: it is the claim
+            out = workdir / f"{model}-e{n}{flag}"
             subprocess.run([sys.executable, "-m", "prunekit", "sweep", "--model", model, "--dataset", dataset,
-                            "--epochs", str(epochs), "--methods", PAI_METHODS, "--sparsities", str(sparsity),
-                            "--seeds", "0", "--no-dense", flag, "--quiet", "--sweep-dir", str(out)], check=True)
-            with open(out / "results.csv") as f:
-                res[flag] = {r["method"]: r for r in csv.DictReader(f)}
+                            "--epochs", str(n), "--methods", PAI_METHODS, "--sparsities", str(sparsity),
+                            "--seeds", "0", "--no-dense", flag, "--quiet", "--sweep-dir", str(out),
+                            *(["--tables-only"] if tables_only else [])], check=True)
+            if (out / "results.csv").exists():
+                with open(out / "results.csv") as f:
+                    res[flag] = {r["method"]: r for r in csv.DictReader(f)}
+
+        def cells(flag: str, method: str) -> str:
+            r = res.get(flag, {}).get(method)
+            return f"{100 * float(r['test_acc']):.2f} | {r['collapsed']}" if r else "not run | -"
+
         for method in PAI_METHODS.split(","):
-            off, on = res["--no-prevent-collapse"][method], res["--prevent-collapse"][method]
-            lines.append(f"| {model} | {method} | {100 * float(off['test_acc']):.2f} | {off['collapsed']} | "
-                         f"{100 * float(on['test_acc']):.2f} | {on['collapsed']} |")
-    COLLAPSE_OUT.write_text("\n".join(lines) + "\n")
+            lines.append(f"| {model} | {method} | {cells('--no-prevent-collapse', method)} | "
+                         f"{cells('--prevent-collapse', method)} |")
+    lines += ["", f"Random masks at {sparsity:.1%} at initialisation (no training; `random_mask_signal`): how many "
+              "classes any input path reaches, and how large the logits' spread is next to the dense model's.", "",
+              *signal_lines(1 - sparsity)]
+    old = COLLAPSE_OUT.read_text() if COLLAPSE_OUT.exists() else ""
+    note = old[old.find("\n" + COLLAPSE_NOTE + "\n"):] if "\n" + COLLAPSE_NOTE + "\n" in old else ""
+    COLLAPSE_OUT.write_text("\n".join(lines) + "\n" + note)
     print("\n".join(lines))
+
+
+def random_mask_signal(model_name: str, density: float, seed: int, floor: bool) -> tuple[int, float]:
+    """A random global mask at `density`: classes reachable from the input, and the logits' spread vs dense.
+
+    Reachability pushes ones through the masks as weights (biases zero); the spread is the mean
+    per-logit std over a random batch, masked model over dense model, both at initialisation.
+    """
+    torch.manual_seed(seed)
+    dense = create_model(model_name).eval()
+    masks = MaskSet.from_model(dense)
+    g = torch.Generator().manual_seed(seed)
+    scores = {n: torch.rand(p.shape, generator=g) for n, p in masks.params.items()}
+    keep = compute_masks(scores, masks, density, "global", "weight", prevent_collapse=floor)
+    ones, masked = create_model(model_name).eval(), create_model(model_name).eval()
+    masked.load_state_dict(dense.state_dict())
+    x = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(seed + 100))
+    with torch.no_grad():
+        for (n, p), (_, q) in zip(ones.named_parameters(), masked.named_parameters()):
+            p.copy_(keep[n].to(p) if n in keep else torch.zeros_like(p))
+            q.mul_(keep[n].to(q) if n in keep else 1)
+        reachable = int((ones(torch.ones(1, 1, 28, 28))[0] > 0).sum())
+        spread = float(masked(x).std(0).mean() / dense(x).std(0).mean())
+    return reachable, spread
+
+
+def signal_lines(density: float, seeds=(0, 1, 2)) -> list[str]:
+    """Markdown rows: random masks on lenet300 / lenet5 with the floor off and on, per seed."""
+    lines = ["| model | seed | classes reachable, off | logit spread vs dense, off | classes reachable, on | "
+             "logit spread vs dense, on |", "|---|---:|---:|---:|---:|---:|"]
+    for model in ("lenet300", "lenet5"):
+        for seed in seeds:
+            (r0, s0), (r1, s1) = (random_mask_signal(model, density, seed, f) for f in (False, True))
+            lines.append(f"| {model} | {seed} | {r0}/10 | {s0:.1e} | {r1}/10 | {s1:.1e} |")
+    return lines
+
+
+def tp_section(text: str) -> str:
+    """The --vs-tp section of a structure.md text ('' when it has none)."""
+    head, sep, tail = text.partition(TP_HEADER + "\n")
+    return sep + tail if sep and (not head or head.endswith("\n")) else ""
+
+
+def with_section(text: str, section: str) -> str:
+    """`text` with its --vs-tp section replaced by `section` (appended when it had none)."""
+    body = text[:len(text) - len(tp_section(text))].rstrip("\n")
+    if not section:
+        return body + "\n" if body else ""
+    return (body + "\n\n" if body else "") + section
+
+
+def vs_torch_pruning(dataset: str, dense_epochs: int, ft_per_class: int) -> None:
+    """Run the comparison and put its section at the end of structure.md, replacing an earlier one."""
+    from bench_structure_tp import run, table  # the script's own folder is on sys.path
+
+    rows, dense = run(dataset, dense_epochs, ft_per_class, log=lambda s: print(s, flush=True))
+    section = table(rows, dense, dataset, dense_epochs, ft_per_class)
+    assert section[0] == TP_HEADER
+    OUT.write_text(with_section(OUT.read_text() if OUT.exists() else "", "\n".join(section) + "\n"))
+    print("\n".join(section))
 
 
 def main() -> None:
@@ -154,11 +244,19 @@ def main() -> None:
     parser.add_argument("--collapse", action="store_true", help="train: PaI methods at 99.5%% with/without the floor")
     parser.add_argument("--dataset", default="embedded")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--tables-only", action="store_true", help="--collapse: tabulate finished cells, train nothing")
+    parser.add_argument("--lenet5-epochs", type=int, help="--collapse: LeNet-5's epochs when they must differ")
+    parser.add_argument("--vs-tp", action="store_true", help="train: normalisation against Torch-Pruning at equal MACs")
+    parser.add_argument("--dense-epochs", type=int, default=1, help="--vs-tp: epochs of dense training")
+    parser.add_argument("--ft-per-class", type=int, default=1000, help="--vs-tp: fine-tune images per class")
     parser.add_argument("--workdir", type=Path, default=Path("benchmarks/results/cache/structure_collapse"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.collapse:
-        return collapse(args.dataset, args.epochs, 0.995, args.workdir)
+        epochs = {"lenet300": args.epochs, "lenet5": args.lenet5_epochs or args.epochs}
+        return collapse(args.dataset, epochs, 0.995, args.workdir, args.tables_only)
+    if args.vs_tp:
+        return vs_torch_pruning(args.dataset, args.dense_epochs, args.ft_per_class)
     t0 = time.perf_counter()
     rows = [one(m, s, a, d) for m in MODELS for s in STRUCTURES for a in ALLOCATIONS for d in args.densities]
     raw = [one(m, "channel", "global", d, **opts) for m in MODELS for d in (0.7, 0.5, 0.3)
@@ -190,7 +288,8 @@ def main() -> None:
             lines.append(f"| {r['model']} | {r['target']:g} | {how} | {r['achieved']:.4f} | {r['min_layer']:.4f} | "
                          f"{r['collapsed']} | {r['classes']} |")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    old = OUT.read_text() if OUT.exists() else ""
+    OUT.write_text(with_section("\n".join(lines) + "\n", tp_section(old)))  # keep the --vs-tp section
     print("\n".join(lines))
 
 
