@@ -18,6 +18,7 @@ again. Results are kept per row in a JSON file, so an interrupted run continues.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import time
 from pathlib import Path
@@ -191,7 +192,7 @@ def table(rows: list[dict], dense: dict, dataset: str, dense_epochs: int, ft_per
     import torch_pruning as tp
 
     label = {"none": "prunekit, normalize: none", "layer": "prunekit, normalize: layer (default)",
-             "torch-pruning": f"Torch-Pruning {tp.__version__}, global L1"}
+             "torch-pruning": f"Torch-Pruning {importlib.metadata.version('torch-pruning')}, global L1"}
     lines = [
         "## Global channel pruning: normalisation against Torch-Pruning at equal MACs", "",
         f"`PYTHONPATH=. python benchmarks/bench_structure.py --vs-tp --dataset {dataset} --dense-epochs {dense_epochs}` "
