@@ -257,6 +257,7 @@ def greedy_cell(model_name: str, images: int, batch: int, candidates: int, round
                   file=sys.stderr, flush=True)
     kept = {t: int((~dead_channels(masks.masks[f"{t}.weight"])).sum()) for t in targets}
     return {"groups": len(targets), "selected_groups": selected, "kept": sum(kept.values()),
+            "selected_channels": sum(kept[t] for t in targets[:selected]),
             "channels": sum(masks.masks[f"{t}.weight"].shape[0] for t in targets), "select_s": select_s, "select_cpu_s": select_cpu, "select_load": [load0, load1], "select_peak_mb": select_peak,
             "macs": [dense[0], macs], "params": [dense[1], params], "max_diff": diff, "latency": latency,
             "settings": {"images": images, "batch_size": batch, "candidates": candidates, "rounds": rounds,
@@ -357,14 +358,23 @@ def greedy224_section() -> list[str]:
         s, (m0, m1), (p0, p1) = c["settings"], c["macs"], c["params"]
         groups = f"{c.get('selected_groups', c['groups'])}/{c['groups']}"
         cpu = f"{c['select_cpu_s']:.0f}" if "select_cpu_s" in c else "?"
+        if "selected_channels" in c and "select_cpu_s" in c:
+            cpu += f" = {c['select_cpu_s'] / c['selected_channels']:.2f} per channel added"
         lines.append(f"| {name} | {s['images']} / {s['batch_size']} / {s['candidates']} | {groups} | "
                      f"{c['kept']}/{c['channels']} | {cpu} ({c['select_s']:.0f}; {c['select_load'][0]:.1f} / "
                      f"{c['select_load'][1]:.1f}) | {c['select_peak_mb']:,.0f} | {m0 / 1e9:.3f} -> {m1 / 1e9:.3f} "
                      f"({m0 / m1:.2f}x) | {p0:,} -> {p1:,} | {c['max_diff']:.1e} |")
+    notes: dict[str, list[str]] = {}
+    for name, c in cells.items():
+        if c.get("note"):
+            notes.setdefault(c["note"], []).append(name)
+    lines += [""] + [f"{', '.join(names)}: {note}" for note, names in notes.items()] if notes else []
     lines += ["", "Latency, masked (dense shapes, zeros in the weights) vs shrunk, 1 thread, lowest of alternating "
               "round medians (benchmarks/bench_latency.py's method); eager = the model as built (NCHW, BatchNorm "
               "separate), fused-nhwc = `prunekit.deploy.fuse_for_inference`. Ratio = speed-up / MACs reduction "
-              "(1.0 = latency falls exactly as MACs do).", "",
+              "(1.0 = latency falls exactly as MACs do). These are wall times: alternating rounds spread the "
+              "machine's load (last column) over both sides, but on a loaded machine a ratio still moves by a few "
+              "tenths between runs.", "",
               "| model | runtime | batch | masked ms | shrunk ms | speed-up | ratio | load |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, c in cells.items():
         red = c["macs"][0] / c["macs"][1]
