@@ -175,7 +175,7 @@ def pai_section(cells: dict, models: list[str]) -> list[str]:
                 cpu = _secs(c["cpu_s"]) if "cpu_s" in c else "?"
                 row.append(f"{cpu} ({_secs(c['seconds'])})")
         lines.append(f"| {model_name} | " + " | ".join(row) + " |")
-    lines += ["", "Peak resident memory of the scoring process, MB (model, data and scoring together; the "
+    lines += ["", "Peak resident memory of the scoring process, MiB (model, data and scoring together; the "
               "model alone is its parameter count x 4 bytes):", "", head, rule]
     for model_name in models:
         row = [f"{c['peak_mb']:,.0f}" if (c := cells.get(f"{model_name}/{m}")) and "error" not in c else "-"
@@ -203,7 +203,7 @@ def greedy224_section(cells: dict) -> list[str]:
              "(`budget_counts`): MACs, shrink and latency are then exactly those of the full result, only which "
              "channels were kept differs.", "",
              "| model | images / batch / cand. | groups selected | channels kept | selection CPU s (wall s; load) | "
-             "peak MB | GMACs | "
+             "peak MiB | GMACs | "
              "params | max diff |", "|---|---|---|---|---|---|---|---|---|"]
     for name, c in cells.items():
         s, (m0, m1), (p0, p1) = c["settings"], c["macs"], c["params"]
