@@ -145,6 +145,13 @@ def small_main() -> int:
     return 0
 
 
+def save_json(path: Path, data: dict) -> None:
+    """Write by replacing, never half-write: a parallel run may be reading the file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def run_cells(path: Path, cells: dict[str, list[str]]) -> None:
     """Run each missing cell (key -> cell arguments) in a fresh subprocess; save the JSON after each."""
     done = json.loads(path.read_text()) if path.exists() else {}
@@ -161,9 +168,7 @@ def run_cells(path: Path, cells: dict[str, list[str]]) -> None:
         done = json.loads(path.read_text()) if path.exists() else {}  # re-read: a parallel run may have added cells
         done[key] = result
         print(f"{key}: {done[key]}", flush=True)
-        tmp = path.with_suffix(".tmp")  # replace, never half-write: another run may be rendering
-        tmp.write_text(json.dumps(done, indent=1) + "\n")
-        tmp.replace(path)
+        save_json(path, done)
         render()
 
 
@@ -192,6 +197,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating latency rounds")
     ap.add_argument("--cap-s", type=int, default=0, help="greedy: stop selecting after the layer that passes "
                     "this many seconds; the rest keep their budget widths by index (0 = no cap)")
+    ap.add_argument("--skip", action="append", default=[], metavar="MODEL/METHOD=WHY",
+                    help="record a PaI cell as not measured, with the reason (shown in the table)")
     ap.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -200,7 +207,15 @@ def main() -> int:
         out = pai_cell(name, rest[0], int(rest[1])) if kind == "pai" else greedy_cell(name, *map(int, rest))
         print(json.dumps(out))
         return 0
-    if not (args.pai_timing or args.greedy224 or args.render):
+    for entry in args.skip:
+        key, _, why = entry.partition("=")
+        if key.split("/")[0] not in PUBLISHED or key.partition("/")[2] not in PAI_METHODS or not why:
+            raise SystemExit(f"--skip {entry!r}: expected MODEL/METHOD=WHY with a zoo model and a PaI method, "
+                             "e.g. vgg16_bn/grasp='needs more memory than the machine has'.")
+        done = json.loads(PAI_JSON.read_text()) if PAI_JSON.exists() else {}
+        done[key] = {"skipped": why}
+        save_json(PAI_JSON, done)
+    if not (args.pai_timing or args.greedy224 or args.render or args.skip):
         return small_main()
     for name in (args.models or "").split(","):
         if name and name not in PUBLISHED:

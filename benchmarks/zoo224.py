@@ -168,9 +168,10 @@ def pai_section(cells: dict, models: list[str]) -> list[str]:
         row = []
         for method in PAI_METHODS:
             c = cells.get(f"{model_name}/{method}")
-            if c is None or "error" in c:
+            if c is None or "error" in c or "skipped" in c:
                 row.append("-")
-                skipped.append(f"{model_name}/{method}" + (f" ({c['error']})" if c else " (not run)"))
+                why = (c.get("skipped") or c.get("error")) if c else "not run"
+                skipped.append(f"{model_name}/{method} ({why})")
             else:
                 cpu = _secs(c["cpu_s"]) if "cpu_s" in c else "?"
                 row.append(f"{cpu} ({_secs(c['seconds'])})")
@@ -178,7 +179,7 @@ def pai_section(cells: dict, models: list[str]) -> list[str]:
     lines += ["", "Peak resident memory of the scoring process, MiB (model, data and scoring together; the "
               "model alone is its parameter count x 4 bytes):", "", head, rule]
     for model_name in models:
-        row = [f"{c['peak_mb']:,.0f}" if (c := cells.get(f"{model_name}/{m}")) and "error" not in c else "-"
+        row = [f"{c['peak_mb']:,.0f}" if (c := cells.get(f"{model_name}/{m}")) and "peak_mb" in c else "-"
                for m in PAI_METHODS]
         lines.append(f"| {model_name} | " + " | ".join(row) + " |")
     if skipped:
