@@ -197,6 +197,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating latency rounds")
     ap.add_argument("--cap-s", type=int, default=0, help="greedy: stop selecting after the layer that passes "
                     "this many seconds; the rest keep their budget widths by index (0 = no cap)")
+    ap.add_argument("--grasp-chunk", type=int, default=0, help="GraSP chunk_size for --pai-timing "
+                    "(default: the 64 images in one chunk)")
     ap.add_argument("--skip", action="append", default=[], metavar="MODEL/METHOD=WHY",
                     help="record a PaI cell as not measured, with the reason (shown in the table)")
     ap.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
@@ -204,7 +206,8 @@ def main() -> int:
     torch.set_num_threads(1)
     if args.cell:
         kind, name, *rest = args.cell
-        out = pai_cell(name, rest[0], int(rest[1])) if kind == "pai" else greedy_cell(name, *map(int, rest))
+        out = (pai_cell(name, rest[0], *map(int, rest[1:])) if kind == "pai"
+               else greedy_cell(name, *map(int, rest)))
         print(json.dumps(out))
         return 0
     for entry in args.skip:
@@ -222,7 +225,8 @@ def main() -> int:
             raise SystemExit(f"--models: unknown zoo model '{name}'; choose from {', '.join(PUBLISHED)}.")
     if args.pai_timing:
         models = args.models.split(",") if args.models else list(PUBLISHED)
-        run_cells(PAI_JSON, {f"{m}/{k}": ["pai", m, k, "1" if k in ("grasp", "snip") else "3"]
+        chunk = [str(args.grasp_chunk)] if args.grasp_chunk else []
+        run_cells(PAI_JSON, {f"{m}/{k}": ["pai", m, k, "1" if k in ("grasp", "snip") else "3", *chunk]
                              for m in models for k in args.methods.split(",")})
     if args.greedy224:
         models = args.models.split(",") if args.models else ["mobilenet_v2", "resnet50"]
