@@ -157,7 +157,7 @@ def pai_section(cells: dict, models: list[str]) -> list[str]:
              "fresh process. Time = one `Criterion.score(ctx)` call (model copy and gradients included, mask cut "
              "excluded) on a randomly initialised model with every conv/linear weight masked; synthetic 3x224x224 "
              "images, 64 labels with one image each, so SNIP's batch (batch_size 64) and GraSP's class-balanced "
-             "set (samples_per_class 1, T = 200, one chunk) are the same 64 images. SynFlow is data-free by "
+             "set (samples_per_class 1, T = 200, one chunk unless marked †) are the same 64 images. SynFlow is data-free by "
              "definition: one float64 forward/backward of an all-ones 1x3x224x224 input, i.e. ONE of its 100 "
              "default rounds (the full schedule costs about 100x). Magnitude, random and SynFlow: median of 3 "
              "calls; SNIP, GraSP: 1 call.", "",
