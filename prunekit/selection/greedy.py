@@ -62,6 +62,7 @@ from prunekit.errors import ConfigError
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops
 from prunekit.selection.graph import GraphRunner, descendants
+from prunekit.selection.local_chunks import local_losses_chunked
 from prunekit.surgery import (ChannelChain, NORMS, channel_chains, dead_channels, is_depthwise, merge_depthwise,
                               output_layers, silence_dead_channels, trace)
 from prunekit.train import masked_update
@@ -314,7 +315,7 @@ def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, de
             losses = []
             per_chunk = max(1, cfg.max_chunk // len(x))
             if fast:
-                losses.append(_local_losses_linear(act, consumers, runner.modules, ref_out, selected, cands, scale))
+                losses.append(local_losses_chunked(act, consumers, runner.modules, ref_out, selected, cands, scale))
                 per_chunk = len(cands)  # done: skip the loop below
             for i in range(0 if not fast else len(cands), len(cands), per_chunk):
                 chunk = cands[i:i + per_chunk]
