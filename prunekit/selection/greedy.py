@@ -24,6 +24,17 @@ depthwise conv and the projection's inputs share one channel index, so they are 
 unselected channel is masked in both the expand and the depthwise conv. A depthwise conv
 is never selected on its own (its channels belong to its input's producer).
 
+With `streams=True` each stage's residual stream is a group too (`selection.groups`): one
+gate multiplies the output of every layer writing the stream (stem or shortcut conv and the
+last conv of every block, after their BatchNorms), which equals gating the stream itself;
+the final gate is folded into every writer's BatchNorm. Groups are processed input to
+output by the position of their first gate.
+
+How many channels per group: `budget="uniform"` gives every group the same keep ratio of
+the MACs budget; `budget="global"` picks the widths by loss decrease per MAC from a cheap
+greedy loss curve per group (`selection.budget`), then runs the selection above with them.
+The result (`GreedyResult`) also says how many distinct training samples were read.
+
 Where the gate sits: at the end of the layer's channel-wise chain (conv -> BN -> ReLU ->
 pool), i.e. on the activation entering the next layer. Positive gates commute with ReLU and
 pooling, so this equals gating the neuron output. After a layer is done the final gate
@@ -60,12 +71,12 @@ from torch import Tensor, fx, nn
 
 from prunekit.errors import ConfigError
 from prunekit.masks import MaskSet
-from prunekit.measure import count_flops
 from prunekit.selection.budget import global_counts
 from prunekit.selection.graph import GraphRunner, downstream
-from prunekit.selection.groups import Group, free_groups, macs_model, order_groups, stream_groups, uniform_counts
-from prunekit.surgery import (ChannelChain, NORMS, channel_chains, dead_channels, is_depthwise, merge_depthwise,
-                              output_layers, silence_dead_channels, trace)
+from prunekit.selection.groups import (Group, budget_counts, free_groups, greedy_targets, macs_model, order_groups,  # noqa: F401 (re-exported)
+                                      stream_groups, uniform_counts)
+from prunekit.selection.losses import candidate_losses, linear_consumers, local_losses_linear, reference_outputs
+from prunekit.surgery import ChannelChain, NORMS, channel_chains, dead_channels, silence_dead_channels, trace
 from prunekit.train import masked_update
 
 
@@ -136,63 +147,6 @@ class GreedyResult(list):
         self.samples_read = 0                 # distinct training samples read (minibatches, held-out slice, curves)
         self.macs_fraction: float | None = None  # MACs of the chosen widths / dense MACs (budget modes)
         self.curves: dict[str, list[float]] = {}  # global budget: best loss after each added channel, per group
-
-
-# -- which layers, and how many channels each ------------------------------------------------
-def greedy_targets(model: nn.Module, masks: MaskSet, chains: dict[str, ChannelChain] | None = None) -> list[str]:
-    """Masked conv/linear layers with free output channels (not the classifier), input to output.
-
-    Chains are merged through depthwise convs first (`merge_depthwise`); a group is a target
-    only when every layer writing its channels (the layer and its depthwise convs) is masked.
-    """
-    chains = merge_depthwise(chains if chains is not None else channel_chains(model), model)
-    outputs = set(output_layers(model))
-    modules = dict(model.named_modules())
-    return [layer for layer, c in chains.items()
-            if c.free and c.consumers and layer not in outputs and not is_depthwise(modules[layer])
-            and all(f"{n}.weight" in masks.masks for n in (layer, *c.through))]
-
-
-def budget_counts(model: nn.Module, input_shape: tuple[int, ...], targets: list[str],
-                  chains: dict[str, ChannelChain], fraction: float, multiple: int = 1) -> dict[str, int]:
-    """Channels to keep per target layer so the shrunken model has <= `fraction` of the dense MACs.
-
-    One keep ratio r is shared by all target layers (k = round(r * N) rounded to a multiple of
-    `multiple`, at least one multiple, at most N); a layer's MACs
-    scale with its kept output fraction and with its kept input fraction (when its input is a
-    target's output); a depthwise conv in a target's group scales with the kept fraction once.
-    r is the largest value on a 1e-4 grid meeting the budget (bisection).
-    """
-    chains = merge_depthwise(chains, model)
-    flops = count_flops(model, input_shape)
-    per_layer = {n: v["macs"] for n, v in flops["per_layer"].items()}
-    modules = dict(model.named_modules())
-    width = {t: (modules[t].out_features if isinstance(modules[t], nn.Linear) else modules[t].out_channels)
-             for t in targets}
-    producer = {c: t for t in targets for c in chains[t].consumers}
-    owner = {n: t for t in targets for n in (t, *chains[t].through)}  # layers whose output channels are t's
-    other = flops["dense_macs"] - sum(per_layer.values())
-
-    def counts(r: float) -> dict[str, int]:
-        return {t: max(min(multiple, width[t]), min(width[t], multiple * round(r * width[t] / multiple)))
-                for t in targets}
-
-    def macs(k: dict[str, int]) -> float:
-        total = other
-        for name, m in per_layer.items():
-            out_frac = k[owner[name]] / width[owner[name]] if name in owner else 1.0
-            in_frac = k[producer[name]] / width[producer[name]] if name in producer else 1.0
-            total += m * out_frac * in_frac
-        return total
-
-    goal = fraction * flops["dense_macs"]
-    lo, hi = 0.0, 1.0
-    if macs(counts(hi)) <= goal:
-        return counts(hi)
-    for _ in range(14):  # 2^-14 < 1e-4
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if macs(counts(mid)) <= goal else (lo, mid)
-    return counts(lo)
 
 
 # -- the selection -------------------------------------------------------------------------
@@ -351,13 +305,13 @@ def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, de
         wanted = consumers if cfg.local_imitation else [runner.output_node()]
         gate = nodes[group.chains[0].end]
         fast = (cfg.local_imitation and cfg.fast_local and group.kind == "free"
-                and _linear_consumers(consumers, gate, runner.modules))
+                and linear_consumers(consumers, gate, runner.modules))
         selected: list[int] = []
         res = LayerResult(group.name, n_live, 0, budget, "all", kind=group.kind, writers=list(group.writers))
         while len(selected) < limit:
             x, y = batches.next()
             env = runner.prefix(x, dependents)
-            ref_out = _reference_outputs(original, x, [g.name for g in gates], [c.name for c in consumers]) \
+            ref_out = reference_outputs(original, x, [g.name for g in gates], [c.name for c in consumers]) \
                 if original else None
             rest = live_idx[~torch.isin(live_idx, torch.as_tensor(selected, dtype=torch.long))]
             cands = rest[torch.randperm(len(rest), generator=cand_gen)[: cfg.candidates]]
@@ -369,7 +323,7 @@ def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, de
             losses = []
             per_chunk = max(1, cfg.max_chunk // len(x))
             if fast:
-                losses.append(_local_losses_linear(env[gate], consumers, runner.modules, ref_out, selected, cands,
+                losses.append(local_losses_linear(env[gate], consumers, runner.modules, ref_out, selected, cands,
                                                    scale))
                 per_chunk = len(cands)  # done: skip the loop below
             for i in range(0 if not fast else len(cands), len(cands), per_chunk):
@@ -377,7 +331,7 @@ def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, de
                 alpha = base.repeat(len(chunk), 1)
                 alpha[torch.arange(len(chunk)), chunk.to(alpha.device)] = scale
                 outs = runner.suffix(env, gates, dependents, alpha, wanted)
-                losses.append(_candidate_losses(outs, ref_out, y, len(chunk), cfg.local_imitation))
+                losses.append(candidate_losses(outs, ref_out, y, len(chunk), cfg.local_imitation))
             losses = torch.cat(losses)
             best = int(losses.argmin())
             selected.append(int(cands[best]))
@@ -402,64 +356,6 @@ def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, de
         log(f"  greedy {group.name}: kept {res.kept}/{n_live} ({res.stop}) in {res.time_s:.1f}s")
     out.samples_read = int(used.sum())
     return out
-
-
-def _linear_consumers(consumers: list[fx.Node], gate: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """True when every consumer reads the gated value directly and is a plain conv2d / linear."""
-    def ok(n):
-        m = modules[n.target]
-        return n.args[0] is gate and (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))
-    return bool(consumers) and all(ok(n) for n in consumers)
-
-
-def _local_losses_linear(act: Tensor, consumers: list[fx.Node], modules: dict[str, nn.Module], ref: list[Tensor],
-                         selected: list[int], cands: Tensor, scale: float) -> Tensor:
-    """Local-imitation losses of all candidates from per-input-channel contributions.
-
-    A conv/linear consumer is linear in its input, so with gate alpha its output is
-    sum_i alpha_i P_i + b, where P_i = the consumer applied to input channel i alone. Each
-    candidate's output is then scale * (sum_{S} P + P_j) + b: one grouped conv per step
-    instead of one consumer pass per candidate (same values up to float rounding).
-    """
-    total = torch.zeros(len(cands))
-    for node, r in zip(consumers, ref):
-        m = modules[node.target]
-        n_in = act.shape[1]
-        if isinstance(m, nn.Conv2d):
-            w = m.weight.transpose(0, 1).reshape(n_in * m.out_channels, 1, *m.weight.shape[2:])
-            p = nn.functional.conv2d(act, w, None, m.stride, m.padding, m.dilation, groups=n_in)
-            p = p.view(act.shape[0], n_in, m.out_channels, *p.shape[2:])  # [B, N, Cout, H, W]
-        else:
-            p = act.unsqueeze(2) * m.weight.t().unsqueeze(0)  # [B, N, Cout]
-        base = p[:, selected].sum(1) if selected else torch.zeros_like(p[:, 0])
-        bias = m.bias.view(1, -1, *([1] * (p.dim() - 3))) if m.bias is not None else 0
-        for k, j in enumerate(cands.tolist()):
-            out = scale * (base + p[:, j]) + bias
-            total[k] += float((out - r).pow(2).mean())
-    return total
-
-
-def _reference_outputs(original: GraphRunner, x: Tensor, gate_names: list[str], names: list[str]) -> list[Tensor]:
-    """Outputs of the named consumer nodes in the ORIGINAL network (local imitation targets)."""
-    nodes = {n.name: n for n in original.nodes}
-    gates = {nodes[g] for g in gate_names}
-    deps = downstream(gates)
-    env = original.prefix(x, deps)
-    width = env[next(iter(gates))].shape[1]
-    return original.suffix(env, gates, deps, torch.ones(1, width, dtype=x.dtype, device=x.device),
-                           [nodes[n] for n in names])
-
-
-def _candidate_losses(outs: list[Tensor], ref: list[Tensor] | None, y: Tensor, k: int, local: bool) -> Tensor:
-    """Loss of each of `k` stacked candidate networks: cross-entropy, or MSE to the original outputs."""
-    if local:
-        total = 0
-        for o, r in zip(outs, ref):
-            total = total + (o.view(k, *r.shape) - r.unsqueeze(0)).pow(2).flatten(1).mean(1)
-        return total.cpu()
-    logits = outs[0].view(k, len(y), -1)
-    ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-    return ce.view(k, len(y)).mean(1).cpu()
 
 
 def _finalize_group(model: nn.Module, masks: MaskSet, group: Group, raw_chains: dict[str, ChannelChain],

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from prunekit.masks import MaskSet
 from prunekit.measure import count_flops
 from prunekit.surgery import (CHANNELWISE_FUNCTIONS, CHANNELWISE_MODULES, LAYERS, ChannelChain, _is_flatten,
-                              is_depthwise, merge_depthwise, output_layers)
+                              channel_chains, is_depthwise, merge_depthwise, output_layers)
 
 ADDS = (operator.add, torch.add)
 
@@ -166,6 +167,63 @@ def uniform_counts(model: nn.Module, input_shape: tuple[int, ...], groups: list[
                 for g in groups}
 
     goal = fraction * dense
+    lo, hi = 0.0, 1.0
+    if macs(counts(hi)) <= goal:
+        return counts(hi)
+    for _ in range(14):  # 2^-14 < 1e-4
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs(counts(mid)) <= goal else (lo, mid)
+    return counts(lo)
+
+
+# -- which layers, and how many channels each ------------------------------------------------
+def greedy_targets(model: nn.Module, masks: MaskSet, chains: dict[str, ChannelChain] | None = None) -> list[str]:
+    """Masked conv/linear layers with free output channels (not the classifier), input to output.
+
+    Chains are merged through depthwise convs first (`merge_depthwise`); a group is a target
+    only when every layer writing its channels (the layer and its depthwise convs) is masked.
+    """
+    chains = merge_depthwise(chains if chains is not None else channel_chains(model), model)
+    outputs = set(output_layers(model))
+    modules = dict(model.named_modules())
+    return [layer for layer, c in chains.items()
+            if c.free and c.consumers and layer not in outputs and not is_depthwise(modules[layer])
+            and all(f"{n}.weight" in masks.masks for n in (layer, *c.through))]
+
+
+def budget_counts(model: nn.Module, input_shape: tuple[int, ...], targets: list[str],
+                  chains: dict[str, ChannelChain], fraction: float, multiple: int = 1) -> dict[str, int]:
+    """Channels to keep per target layer so the shrunken model has <= `fraction` of the dense MACs.
+
+    One keep ratio r is shared by all target layers (k = round(r * N) rounded to a multiple of
+    `multiple`, at least one multiple, at most N); a layer's MACs
+    scale with its kept output fraction and with its kept input fraction (when its input is a
+    target's output); a depthwise conv in a target's group scales with the kept fraction once.
+    r is the largest value on a 1e-4 grid meeting the budget (bisection).
+    """
+    chains = merge_depthwise(chains, model)
+    flops = count_flops(model, input_shape)
+    per_layer = {n: v["macs"] for n, v in flops["per_layer"].items()}
+    modules = dict(model.named_modules())
+    width = {t: (modules[t].out_features if isinstance(modules[t], nn.Linear) else modules[t].out_channels)
+             for t in targets}
+    producer = {c: t for t in targets for c in chains[t].consumers}
+    owner = {n: t for t in targets for n in (t, *chains[t].through)}  # layers whose output channels are t's
+    other = flops["dense_macs"] - sum(per_layer.values())
+
+    def counts(r: float) -> dict[str, int]:
+        return {t: max(min(multiple, width[t]), min(width[t], multiple * round(r * width[t] / multiple)))
+                for t in targets}
+
+    def macs(k: dict[str, int]) -> float:
+        total = other
+        for name, m in per_layer.items():
+            out_frac = k[owner[name]] / width[owner[name]] if name in owner else 1.0
+            in_frac = k[producer[name]] / width[producer[name]] if name in producer else 1.0
+            total += m * out_frac * in_frac
+        return total
+
+    goal = fraction * flops["dense_macs"]
     lo, hi = 0.0, 1.0
     if macs(counts(hi)) <= goal:
         return counts(hi)
