@@ -56,7 +56,7 @@ def load_results(key: str) -> dict:
 def save_results(key: str, res: dict) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     path = results_path(key)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(path)  # atomic: a stop mid-write never leaves a broken results file
 
@@ -309,6 +309,10 @@ def phase_run(args: list[str]) -> None:
                 info["load_latency"] = load_avg()
                 info.update(finetune_eval(small, data, seed))
                 cells[cell] = info
+                # re-read first: another process may be adding cells of other seeds/methods to this file
+                res = {**load_results(key), **{k: v for k, v in res.items() if k != "cells"}}
+                res.setdefault("cells", {})[cell] = info
+                cells = res["cells"]
                 save_results(key, res)
                 print(key, cell, json.dumps({k: v for k, v in info.items()
                                              if k not in ("profile", "widths", "group_time_s")}), flush=True)
