@@ -44,13 +44,24 @@ BASE_EPOCHS = 2
 
 
 def results_path(key: str) -> Path:
-    """One results file per MACs reduction, so the 2x and 3x runs may go on at the same time."""
-    return CACHE / f"greedy_{key}.json"
+    """One results file per MACs reduction (and per BENCH_GREEDY_PART, for extra runs beside a running one)."""
+    part = os.environ.get("BENCH_GREEDY_PART", "")
+    return CACHE / f"greedy_{key}{'_' + part if part else ''}.json"
 
 
 def load_results(key: str) -> dict:
     path = results_path(key)
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_all(key: str) -> dict:
+    """The results of a MACs reduction with the cells of every part merged in."""
+    res: dict = {}
+    for path in sorted(CACHE.glob(f"greedy_{key}*.json")):
+        r = json.loads(path.read_text())
+        cells = {**res.get("cells", {}), **r.get("cells", {})}
+        res = {**r, **res, "cells": cells}
+    return res
 
 
 def save_results(key: str, res: dict) -> None:

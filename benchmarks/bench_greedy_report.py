@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from bench_greedy import FRACTIONS, METHODS, TP_METHODS, load_results
+from bench_greedy import FRACTIONS, METHODS, TP_METHODS, load_all
 
 LABELS = {"greedy_loss": "greedy, loss (uniform widths)", "greedy_global": "greedy, loss, global budget + streams",
           "greedy_local": "greedy, local imitation (uniform)", "tp_l1": "TP MetaPruner, L1",
@@ -68,7 +68,7 @@ def goal_lines(results: dict[str, dict]) -> list[str]:
 
 
 def write_report() -> None:
-    results = {key: load_results(key) for key in FRACTIONS}
+    results = {key: load_all(key) for key in FRACTIONS}
     dense = next((r["dense"] for r in results.values() if "dense" in r), None)
     if dense is None:
         sys.exit("no results yet: run `python benchmarks/bench_greedy.py run` first.")
