@@ -155,8 +155,8 @@ NOTES: list[str] = [
     "- Latency: measured on a shared machine whose load moved between 4 and 10 during the run; the same shapes "
     "differ by up to 4x between cells, so these figures cannot rank the methods (see benchmarks/results/latency.md "
     "for shrunk-model latency measured on a quiet machine).",
-    "- Selection time with 50 candidates x 64 images was not re-measured here (the issue's 149 s was taken on the "
-    "same machine); 70% of the selection time is conv2d in the batched suffix passes, so time scales with "
+    "- Selection time with 50 candidates x 64 images was not re-measured here (the issue reports 149 s for it); "
+    "70% of the selection time is conv2d in the batched suffix passes, so time scales with "
     "candidates x minibatch x suffix depth; the exact-zero gate and the batched candidate evaluation are kept.",
     "",
 ]
