@@ -110,7 +110,7 @@ def write_report() -> None:
             c = r[m]
             red = dense["macs"] / (sum(x["macs"] for x in c) / len(c))
             samples = str(c[0]["samples_read"]) if "samples_read" in c[0] else "-"
-            lines.append(f"| {LABELS[m]} | {red:.2f}x | {c[0]['params']} | {stat([x['select_s'] for x in c], False)} "
+            lines.append(f"| {LABELS[m]} ({len(c)} seed{'s' if len(c) > 1 else ''}) | {red:.2f}x | {c[0]['params']} | {stat([x['select_s'] for x in c], False)} "
                          f"({c[0]['load_select']:.0f}) | {samples} | "
                          + " | ".join(stat([x[a] for x in c]) for a in ACCS)
                          + f" | {stat([x['latency_b64_ms'] for x in c], False)} ({c[0]['load_latency']:.0f}) |")
@@ -138,25 +138,30 @@ def write_report() -> None:
 
 NOTES: list[str] = [
     "### Notes", "",
-    "- Right after pruning, greedy selection is far ahead of every magnitude / gradient importance at the same "
-    "widths (prunekit L1, Taylor, BN scale, TP L1/Taylor/Hessian without recalibration are near chance at 10-18%), "
-    "and BatchNorm recalibration on 2560 unlabelled images is worth 3-7 points for greedy and up to 70 points for "
-    "the magnitude methods: post-training pruning = greedy + recalibrate.",
-    "- After the fine-tune the methods converge: the differences left at 2x are a few tenths of a point, the size "
-    "of the seed-to-seed spread and of the binomial error of a 5000-image test subset (about 0.45 points at 89%). "
-    "Why greedy does not pull ahead here: (1) the fine-tune recovers the starting-point advantage that greedy "
-    "buys; (2) Torch-Pruning also thins the residual streams, which leaves the inner convs wider at equal MACs - "
-    "the uniform greedy variants select the inner convs only; the global budget with stream groups closes that "
-    "structural gap (it keeps the streams nearly whole and thins the inner convs, see the widths) and gains after "
-    "fine-tuning over uniform greedy, but loses before it; (3) the scaled-down setting: greedy with 10 candidates "
-    "x 32 images instead of the papers' 50 x 64, a 3000-image 3-epoch fine-tune, mostly one seed.",
-    "- The global budget's curves are measured with every other group unpruned, so they ignore interactions: at "
-    "3x the allocation it picks is worse right after pruning than uniform widths.",
+    "- Right after pruning, without recalibration, greedy selection is far ahead of every magnitude / gradient "
+    "importance (71-78% at 2x against 10-18% for prunekit L1 / Taylor / BN scale, random and TP L1 / Taylor / "
+    "Hessian, which are near chance). BatchNorm recalibration on 2560 unlabelled images changes the picture: it "
+    "lifts the magnitude methods by up to 70 points, so at 2x prunekit BN scale + recalibration (83.5%, one seed) "
+    "is level with or above greedy + recalibration (local imitation 82.5%, loss 81.1%); at 3x greedy local "
+    "imitation + recalibration stays clearly ahead (64.0% against at most 52.1%). Recalibration is not always a "
+    "gain for greedy: it cost uniform loss-based greedy 4 points at 3x (one seed).",
+    "- After the fine-tune the methods converge: at 2x everything lies within about 1.5 points, TP MetaPruner L1 is "
+    "best (89.51 +- 0.66, 2 seeds) with greedy global 89.15 +- 0.21 and greedy loss 88.92 +- 0.71 within its "
+    "spread; at 3x TP L1 (87.63 +- 0.30) is ahead of every greedy variant (best: local imitation 87.14, one "
+    "seed). Why greedy does not pull ahead here: (1) the fine-tune recovers the starting-point advantage greedy "
+    "buys; (2) Torch-Pruning also thins the residual streams; the global budget with stream groups chose to keep "
+    "the streams nearly whole and thin the inner convs instead (widths above), which helps over uniform greedy "
+    "after the fine-tune (within the noise) but is worse right after pruning - its loss curves are measured with "
+    "every other group unpruned and ignore interactions; (3) the scaled-down setting: greedy with 10 candidates "
+    "x 32 images instead of the papers' 50 x 64, a 3000-image 3-epoch fine-tune, 5000 test images (binomial "
+    "error about 0.45 points at 89%), two seeds for the key cells only.",
+    "- Default: `budget` stays `uniform` - the global budget was not better before the fine-tune and only level "
+    "after it.",
     "- Latency: measured on a shared machine whose load moved between 4 and 10 during the run; the same shapes "
     "differ by up to 4x between cells, so these figures cannot rank the methods (see benchmarks/results/latency.md "
     "for shrunk-model latency measured on a quiet machine).",
     "- Selection time with 50 candidates x 64 images was not re-measured here (the issue reports 149 s for it); "
-    "70% of the selection time is conv2d in the batched suffix passes, so time scales with "
-    "candidates x minibatch x suffix depth; the exact-zero gate and the batched candidate evaluation are kept.",
+    "70% of the selection time is conv2d in the batched suffix passes, so time scales with candidates x "
+    "minibatch x suffix depth; the exact-zero gate and the batched candidate evaluation are kept.",
     "",
 ]
