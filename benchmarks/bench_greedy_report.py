@@ -93,7 +93,10 @@ def write_report() -> None:
              "the budget. Latency: shrunk model, eager, batch 64, 1 thread, median of 10 after 2 warm-ups, "
              "measured under the load shown (absolute times are several times an idle machine's).", "",
              "Commands: `python benchmarks/bench_greedy.py base 2`, `python benchmarks/bench_greedy.py run 0 2x` and "
-             "`... run 0 3x` (two processes), `python benchmarks/bench_greedy.py report`.", ""]
+             "`... run 0 3x` (two processes); second seed of the key cells: `BENCH_GREEDY_PART=s1 ... run 1 2x "
+             "greedy_global,tp_l1,greedy_loss`, `BENCH_GREEDY_PART=s1b ... run 1 2x tp_taylor,tp_hessian`, "
+             "`BENCH_GREEDY_PART=s1 ... run 1 3x greedy_global,tp_l1`; then `python benchmarks/bench_greedy.py "
+             "report`.", ""]
     for key in FRACTIONS:
         res = results[key]
         if not res.get("cells"):
