@@ -84,6 +84,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     # Pruning after training needs a trained ResNet-20 (cached, resumable), then runs its phases; full data only.
     "pat": Benchmark("benchmarks/bench_pat.py", None, (
         ("benchmarks/pat_base_train.py", "resnet20", "2"), ("speed",), ("greedy-time",), ("quality",), ("report",))),
+    # Greedy selection vs Torch-Pruning at equal MACs: cached trained ResNet-20, resumable cells; full data only.
+    "greedy": Benchmark("benchmarks/bench_greedy.py", None, (
+        ("base", "2"), ("run", "0", "2x"), ("run", "0", "3x"), ("report",))),
     # Campfire runs in resumable parts, report last; quick = LeNet-5 for 1 epoch on the embedded data.
     "campfire": Benchmark("benchmarks/bench_campfire.py", (
         ("--part", "lenet5", "--epochs", "1", "--dataset", "embedded"), ("--part", "report", "--dataset", "embedded")), (

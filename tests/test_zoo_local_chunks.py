@@ -13,7 +13,7 @@ from prunekit.masks import MaskSet
 from prunekit.models import create_model
 from prunekit.models.init import perturb_batchnorm
 from prunekit.selection import GreedyConfig, greedy_select
-from prunekit.selection.greedy import _local_losses_linear
+from prunekit.selection.losses import local_losses_linear as _local_losses_linear
 from prunekit.selection.local_chunks import _chunk, local_losses_chunked
 
 

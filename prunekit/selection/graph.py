@@ -45,8 +45,10 @@ class GraphRunner:
         """The node whose value is the model output."""
         return next(n for n in self.nodes if n.op == "output").args[0]
 
-    def run(self, x: Tensor, gate: fx.Node | None = None, alpha: Tensor | None = None) -> Tensor:
-        """Full forward pass; the value of `gate` is multiplied channel-wise by `alpha`."""
+    def run(self, x: Tensor, gates=None, alpha: Tensor | None = None) -> Tensor:
+        """Full forward pass; the value of every node in `gates` (one node or a collection) is
+        multiplied channel-wise by `alpha`."""
+        gates = as_gates(gates)
         env: dict[fx.Node, object] = {}
         for node in self.nodes:
             if node.op == "placeholder":
@@ -55,7 +57,7 @@ class GraphRunner:
                 return env[node.args[0]]
             else:
                 env[node] = self._exec(node, env.__getitem__)
-                if node is gate:
+                if node in gates:
                     env[node] = env[node] * channel_view(alpha, env[node])
         raise ConfigError("traced graph has no output node.")
 
@@ -69,34 +71,67 @@ class GraphRunner:
                 env[node] = self._exec(node, env.__getitem__)
         return env
 
-    def suffix(self, env: dict[fx.Node, object], gate: fx.Node, dependents: set[fx.Node], gated: Tensor,
-               copies: int, wanted: list[fx.Node]) -> list[Tensor]:
-        """Re-run the nodes downstream of `gate` with its value replaced by `gated` ([copies*B, ...]).
+    def suffix(self, env: dict[fx.Node, object], gates, dependents: set[fx.Node], alpha: Tensor,
+               wanted: list[fx.Node]) -> list[Tensor]:
+        """Re-run the nodes downstream of `gates` once per row of `alpha` ([k, C]), stacked on the batch axis.
 
-        Cached values that carry the batch axis are tiled `copies` times (candidate-major, like
-        `gated`). Returns the values of the `wanted` nodes.
+        Every gate node's value is multiplied by its candidate's gate: a gate upstream of all
+        others (its value cached in `env`) becomes k candidate-major copies, a gate further down
+        (already stacked) is multiplied copy by copy. Cached values that carry the batch axis are
+        tiled k times. Returns the values of the `wanted` nodes ([k*B, ...]).
         """
+        gates = as_gates(gates)
+        k = alpha.shape[0]
         needed = ancestors(wanted) | set(wanted)
-        local: dict[fx.Node, object] = {gate: gated}
+        local: dict[fx.Node, object] = {}
 
         def value(n: fx.Node):
             if n not in local:
                 v = env[n]
-                if copies > 1 and n in self.batchy and isinstance(v, Tensor):
-                    v = v.repeat(copies, *([1] * (v.dim() - 1)))
+                if k > 1 and n in self.batchy and isinstance(v, Tensor):
+                    v = v.repeat(k, *([1] * (v.dim() - 1)))
                 local[n] = v
             return local[n]
 
         for node in self.nodes:
-            if node in dependents and node in needed and node.op != "output":
-                local[node] = self._exec(node, value)
-        return [local[n] for n in wanted]
+            if node in gates and node not in dependents and node in needed:
+                v = env[node]  # [B, C, ...] -> [k, B, C, ...] with candidate i's gate
+                local[node] = (stacked_view(alpha, v.unsqueeze(0)) * v.unsqueeze(0)).flatten(0, 1)
+            elif node in dependents and node in needed and node.op != "output":
+                v = self._exec(node, value)
+                if node in gates:
+                    v = v.view(k, -1, *v.shape[1:])
+                    v = (stacked_view(alpha, v) * v).flatten(0, 1)
+                local[node] = v
+        return [local[n] if n in local else value(n) for n in wanted]
+
+
+def as_gates(gates) -> set[fx.Node]:
+    """A gate argument (None, one node, or a collection of nodes) as a set of nodes."""
+    if gates is None:
+        return set()
+    if isinstance(gates, fx.Node):
+        return {gates}
+    return set(gates)
+
+
+def downstream(gates) -> set[fx.Node]:
+    """Every node depending on any gate (the gates themselves only when they depend on another gate)."""
+    out: set[fx.Node] = set()
+    for g in as_gates(gates):
+        out |= descendants(g)
+    return out
 
 
 def channel_view(alpha: Tensor, like: Tensor) -> Tensor:
     """Reshape a [C] (or [K, C]) gate to broadcast over [B, C, ...] (or [K, B, C, ...])."""
     extra = like.dim() - 2
     return alpha.view(*alpha.shape, *([1] * extra))
+
+
+def stacked_view(alpha: Tensor, like: Tensor) -> Tensor:
+    """Reshape a [k, C] gate to broadcast over [k or 1, B, C, ...]."""
+    return alpha.view(alpha.shape[0], 1, alpha.shape[1], *([1] * (like.dim() - 3)))
 
 
 def reachable(start, step) -> set[fx.Node]:

@@ -24,6 +24,17 @@ depthwise conv and the projection's inputs share one channel index, so they are 
 unselected channel is masked in both the expand and the depthwise conv. A depthwise conv
 is never selected on its own (its channels belong to its input's producer).
 
+With `streams=True` each stage's residual stream is a group too (`selection.groups`): one
+gate multiplies the output of every layer writing the stream (stem or shortcut conv and the
+last conv of every block, after their BatchNorms), which equals gating the stream itself;
+the final gate is folded into every writer's BatchNorm. Groups are processed input to
+output by the position of their first gate.
+
+How many channels per group: `budget="uniform"` gives every group the same keep ratio of
+the MACs budget; `budget="global"` picks the widths by loss decrease per MAC from a cheap
+greedy loss curve per group (`selection.budget`), then runs the selection above with them.
+The result (`GreedyResult`) also says how many distinct training samples were read.
+
 Where the gate sits: at the end of the layer's channel-wise chain (conv -> BN -> ReLU ->
 pool), i.e. on the activation entering the next layer. Positive gates commute with ReLU and
 pooling, so this equals gating the neuron output. After a layer is done the final gate
@@ -60,11 +71,13 @@ from torch import Tensor, fx, nn
 
 from prunekit.errors import ConfigError
 from prunekit.masks import MaskSet
-from prunekit.measure import count_flops
-from prunekit.selection.graph import GraphRunner, descendants
+from prunekit.selection.budget import global_counts
+from prunekit.selection.graph import GraphRunner, downstream
+from prunekit.selection.groups import (Group, budget_counts, free_groups, greedy_targets, macs_model, order_groups,  # noqa: F401 (re-exported)
+                                      stream_groups, uniform_counts)
 from prunekit.selection.local_chunks import local_losses_chunked
-from prunekit.surgery import (ChannelChain, NORMS, channel_chains, dead_channels, is_depthwise, merge_depthwise,
-                              output_layers, silence_dead_channels, trace)
+from prunekit.selection.losses import candidate_losses, linear_consumers, reference_outputs
+from prunekit.surgery import ChannelChain, NORMS, channel_chains, dead_channels, silence_dead_channels, trace
 from prunekit.train import masked_update
 
 
@@ -83,6 +96,9 @@ class GreedyConfig:
     max_chunk: int = 4096                # at most this many samples (candidates x batch) per suffix pass
     channel_multiple: int = 1            # budget counts rounded to a multiple of this (SIMD-friendly widths)
     fast_local: bool = True              # local imitation via per-channel contributions (exact; see below)
+    budget: str = "uniform"              # how target_macs_fraction is split: "uniform" | "global" (selection.budget)
+    streams: bool = False                # also select each residual stream (selection.groups)
+    curve_candidates: int = 10           # candidates per step of the global budget's loss curves
     seed: int = 0
 
     def check(self) -> None:
@@ -95,7 +111,13 @@ class GreedyConfig:
         if self.target_macs_fraction is not None and not 0 < self.target_macs_fraction <= 1:
             raise ConfigError(f"greedy target_macs_fraction {self.target_macs_fraction!r} must be in (0, 1], "
                               "e.g. 0.5 to keep half the MACs.")
-        for key in ("candidates", "batch_size", "eval_samples", "max_chunk", "channel_multiple"):
+        if self.budget not in ("uniform", "global"):
+            raise ConfigError(f"greedy budget {self.budget!r} is not one of 'uniform' (one keep ratio for every "
+                              "group) or 'global' (widths chosen by loss decrease per MAC).")
+        if self.budget == "global" and self.target_macs_fraction is None:
+            raise ConfigError("greedy budget 'global' splits a MACs budget across groups: set target_macs_fraction "
+                              "(e.g. 0.5), or use budget 'uniform' with a tolerance.")
+        for key in ("candidates", "batch_size", "eval_samples", "max_chunk", "channel_multiple", "curve_candidates"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"greedy {key} must be >= 1, got {getattr(self, key)!r}.")
 
@@ -113,80 +135,44 @@ class LayerResult:
     losses: list[float] = field(default_factory=list)  # best candidate loss at each step
     acc: float | None = None             # held-out accuracy when the layer stopped (tolerance mode)
     time_s: float = 0.0
+    kind: str = "free"                   # "free" | "stream" (selection.groups)
+    writers: list[str] = field(default_factory=list)  # layers whose output rows the group masks
 
 
-# -- which layers, and how many channels each ------------------------------------------------
-def greedy_targets(model: nn.Module, masks: MaskSet, chains: dict[str, ChannelChain] | None = None) -> list[str]:
-    """Masked conv/linear layers with free output channels (not the classifier), input to output.
+class GreedyResult(list):
+    """The LayerResult of every group, input to output, plus what the whole selection read and chose."""
 
-    Chains are merged through depthwise convs first (`merge_depthwise`); a group is a target
-    only when every layer writing its channels (the layer and its depthwise convs) is masked.
-    """
-    chains = merge_depthwise(chains if chains is not None else channel_chains(model), model)
-    outputs = set(output_layers(model))
-    modules = dict(model.named_modules())
-    return [layer for layer, c in chains.items()
-            if c.free and c.consumers and layer not in outputs and not is_depthwise(modules[layer])
-            and all(f"{n}.weight" in masks.masks for n in (layer, *c.through))]
-
-
-def budget_counts(model: nn.Module, input_shape: tuple[int, ...], targets: list[str],
-                  chains: dict[str, ChannelChain], fraction: float, multiple: int = 1) -> dict[str, int]:
-    """Channels to keep per target layer so the shrunken model has <= `fraction` of the dense MACs.
-
-    One keep ratio r is shared by all target layers (k = round(r * N) rounded to a multiple of
-    `multiple`, at least one multiple, at most N); a layer's MACs
-    scale with its kept output fraction and with its kept input fraction (when its input is a
-    target's output); a depthwise conv in a target's group scales with the kept fraction once.
-    r is the largest value on a 1e-4 grid meeting the budget (bisection).
-    """
-    chains = merge_depthwise(chains, model)
-    flops = count_flops(model, input_shape)
-    per_layer = {n: v["macs"] for n, v in flops["per_layer"].items()}
-    modules = dict(model.named_modules())
-    width = {t: (modules[t].out_features if isinstance(modules[t], nn.Linear) else modules[t].out_channels)
-             for t in targets}
-    producer = {c: t for t in targets for c in chains[t].consumers}
-    owner = {n: t for t in targets for n in (t, *chains[t].through)}  # layers whose output channels are t's
-    other = flops["dense_macs"] - sum(per_layer.values())
-
-    def counts(r: float) -> dict[str, int]:
-        return {t: max(min(multiple, width[t]), min(width[t], multiple * round(r * width[t] / multiple)))
-                for t in targets}
-
-    def macs(k: dict[str, int]) -> float:
-        total = other
-        for name, m in per_layer.items():
-            out_frac = k[owner[name]] / width[owner[name]] if name in owner else 1.0
-            in_frac = k[producer[name]] / width[producer[name]] if name in producer else 1.0
-            total += m * out_frac * in_frac
-        return total
-
-    goal = fraction * flops["dense_macs"]
-    lo, hi = 0.0, 1.0
-    if macs(counts(hi)) <= goal:
-        return counts(hi)
-    for _ in range(14):  # 2^-14 < 1e-4
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if macs(counts(mid)) <= goal else (lo, mid)
-    return counts(lo)
+    def __init__(self, *args, budget_mode: str = "uniform"):
+        super().__init__(*args)
+        self.budget_mode = budget_mode
+        self.samples_read = 0                 # distinct training samples read (minibatches, held-out slice, curves)
+        self.macs_fraction: float | None = None  # MACs of the chosen widths / dense MACs (budget modes)
+        self.curves: dict[str, list[float]] = {}  # global budget: best loss after each added channel, per group
 
 
 # -- the selection -------------------------------------------------------------------------
 class _Batches:
     """Random minibatches from the training split (minus the held-out slice), seeded."""
 
-    def __init__(self, x: Tensor, y: Tensor, pool: Tensor, batch_size: int, seed: int, device):
+    def __init__(self, x: Tensor, y: Tensor, pool: Tensor, batch_size: int, seed: int, device,
+                 used: Tensor | None = None):
         self.x, self.y, self.pool, self.bs, self.device = x, y, pool, min(batch_size, len(pool)), device
         self.g = torch.Generator().manual_seed(seed)
+        self.used = used  # marks every sample index read (the data budget)
 
     def next(self) -> tuple[Tensor, Tensor]:
         idx = self.pool[torch.randperm(len(self.pool), generator=self.g)[: self.bs]]
+        if self.used is not None:
+            self.used[idx] = True
         return self.x[idx].to(self.device), self.y[idx].to(self.device)
+
+    def fixed(self) -> tuple[Tensor, Tensor]:
+        """One minibatch, the same for every later use (the global budget's curves)."""
+        return self.next()
 
 
 @torch.no_grad()
-def _accuracy(runner: GraphRunner, x: Tensor, y: Tensor, gate: fx.Node, alpha: Tensor, device, chunk: int = 500) -> float:
+def _accuracy(runner: GraphRunner, x: Tensor, y: Tensor, gate, alpha: Tensor, device, chunk: int = 500) -> float:
     correct = 0
     for i in range(0, len(x), chunk):
         out = runner.run(x[i:i + chunk].to(device), gate, alpha)
@@ -234,7 +220,7 @@ def _finetune(model: nn.Module, masks: MaskSet, batches: _Batches, steps: int, l
 
 @torch.no_grad()
 def greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig,
-                  device: torch.device | str = "cpu", log: Callable[[str], None] = lambda s: None) -> list[LayerResult]:
+                  device: torch.device | str = "cpu", log: Callable[[str], None] = lambda s: None) -> GreedyResult:
     """Run greedy forward selection layer by layer; update `masks` and `model` in place.
 
     `data` is a DatasetSplits (the training split is used: minibatches for the loss, a
@@ -256,84 +242,106 @@ def greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig,
         model.train(was_training)
 
 
+def selection_groups(model: nn.Module, gm: fx.GraphModule, masks: MaskSet, raw_chains: dict[str, ChannelChain],
+                     streams: bool) -> list[Group]:
+    """The groups greedy selects from, input to output: free groups, plus residual streams if `streams`."""
+    masked = {n[: -len(".weight")] for n in masks.masks if n.endswith(".weight")}
+    groups = free_groups(model, masked, raw_chains)
+    if streams:
+        groups += stream_groups(model, gm, masked, raw_chains)
+    return order_groups(groups, gm)
+
+
 def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, device,
-                   log: Callable[[str], None]) -> list[LayerResult]:
+                   log: Callable[[str], None]) -> GreedyResult:
     gm = trace(model)
     raw_chains = channel_chains(model, gm)
-    chains = merge_depthwise(raw_chains, model)
-    targets = greedy_targets(model, masks, chains)
-    if not targets:
+    groups = selection_groups(model, gm, masks, raw_chains, cfg.streams)
+    if not groups:
         raise ConfigError("greedy selection found no layer with free output channels among the prunable layers "
                           f"({', '.join(masks.names)}); channels tied to residual additions or the output are not "
-                          "selected. Widen `prunable` or use a `prune` stage with structure: channel.")
+                          "selected. Widen `prunable`, set `streams: true`, or use a `prune` stage with "
+                          "structure: channel.")
     runner = GraphRunner(gm)
     nodes = {n.name: n for n in gm.graph.nodes}
     x_all, y_all = data.train_x, data.train_y
     order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed))
     held = order[: cfg.eval_samples] if cfg.tolerance is not None else order[:0]
     pool = order[len(held):] if len(order) > len(held) else order
-    batches = _Batches(x_all, y_all, pool, cfg.batch_size, cfg.seed + 1, device)
+    used = torch.zeros(len(x_all), dtype=torch.bool)  # which training samples selection has read
+    used[held] = True
+    batches = _Batches(x_all, y_all, pool, cfg.batch_size, cfg.seed + 1, device, used)
     cand_gen = torch.Generator().manual_seed(cfg.seed + 2)
     input_shape = tuple(x_all.shape[1:])
-    budgets = (budget_counts(model, input_shape, targets, chains, cfg.target_macs_fraction, cfg.channel_multiple)
-               if cfg.target_macs_fraction is not None else {})
+    out = GreedyResult(budget_mode=cfg.budget)
+    budgets: dict[str, int] = {}
+    if cfg.target_macs_fraction is not None:
+        dense, macs = macs_model(model, input_shape, groups)
+        if cfg.budget == "global":
+            t0 = time.perf_counter()
+            budgets, curves = global_counts(runner, groups, nodes, macs, cfg.target_macs_fraction * dense,
+                                            cfg.channel_multiple, batches.fixed(), cand_gen, cfg.curve_candidates)
+            out.curves = curves
+            log(f"  greedy global budget: loss curves of {len(groups)} groups in {time.perf_counter() - t0:.1f}s")
+        else:
+            budgets = uniform_counts(model, input_shape, groups, cfg.target_macs_fraction, cfg.channel_multiple)
+        out.macs_fraction = macs({g.name: budgets[g.name] for g in groups}) / dense
     hx, hy = x_all[held], y_all[held]
     acc0 = _accuracy(runner, hx, hy, None, None, device) if cfg.tolerance is not None else None
     original = GraphRunner(trace(copy.deepcopy(model))) if cfg.local_imitation else None
-    results = []
-    for layer in targets:
+    for group in groups:
         t0 = time.perf_counter()
-        chain = chains[layer]
-        gate = nodes[chain.end]
-        dependents = descendants(gate)
-        # a channel is live while any layer of its group (layer + depthwise convs) writes it
-        alive = torch.stack([~dead_channels(masks.masks[f"{n}.weight"]).cpu() for n in (layer, *chain.through)]).any(0)
+        gates = {nodes[c.end] for c in group.chains}
+        dependents = downstream(gates)
+        # a channel is live while any layer of its group writes it
+        alive = torch.stack([~dead_channels(masks.masks[f"{n}.weight"]).cpu() for n in group.layers]).any(0)
         live_idx = alive.nonzero().flatten()
         n_live = len(live_idx)
         n_out = len(alive)
-        if n_live == 0:  # a layer pruned away earlier has nothing to select from
+        if n_live == 0:  # a group pruned away earlier has nothing to select from
             continue
-        budget = budgets.get(layer)
+        budget = budgets.get(group.name)
         limit = min(n_live, budget) if budget is not None else n_live
-        consumers = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in chain.consumers]
+        consumers = [n for n in gm.graph.nodes if n.op == "call_module" and n.target in group.consumers]
         wanted = consumers if cfg.local_imitation else [runner.output_node()]
-        fast = cfg.local_imitation and cfg.fast_local and _linear_consumers(consumers, gate, runner.modules)
+        gate = nodes[group.chains[0].end]
+        fast = (cfg.local_imitation and cfg.fast_local and group.kind == "free"
+                and linear_consumers(consumers, gate, runner.modules))
         selected: list[int] = []
-        res = LayerResult(layer, n_live, 0, budget, "all")
+        res = LayerResult(group.name, n_live, 0, budget, "all", kind=group.kind, writers=list(group.writers))
         while len(selected) < limit:
             x, y = batches.next()
             env = runner.prefix(x, dependents)
-            act = env[gate]
-            ref_out = _reference_outputs(original, x, gate.name, [c.name for c in consumers]) if original else None
+            ref_out = reference_outputs(original, x, [g.name for g in gates], [c.name for c in consumers]) \
+                if original else None
             rest = live_idx[~torch.isin(live_idx, torch.as_tensor(selected, dtype=torch.long))]
             cands = rest[torch.randperm(len(rest), generator=cand_gen)[: cfg.candidates]]
             # Gate of candidate j: N/(|S|+1) on S + {j}, exactly 0 elsewhere (never a tiny epsilon).
-            base = torch.zeros(n_out, dtype=act.dtype, device=act.device)
+            base = torch.zeros(n_out, dtype=x.dtype, device=x.device)
             scale = n_live / (len(selected) + 1)
             if selected:
                 base[torch.as_tensor(selected)] = scale
             losses = []
             per_chunk = max(1, cfg.max_chunk // len(x))
             if fast:
-                losses.append(local_losses_chunked(act, consumers, runner.modules, ref_out, selected, cands, scale))
+                losses.append(local_losses_chunked(env[gate], consumers, runner.modules, ref_out, selected, cands,
+                                                    scale))
                 per_chunk = len(cands)  # done: skip the loop below
             for i in range(0 if not fast else len(cands), len(cands), per_chunk):
                 chunk = cands[i:i + per_chunk]
                 alpha = base.repeat(len(chunk), 1)
                 alpha[torch.arange(len(chunk)), chunk.to(alpha.device)] = scale
-                # [k, 1, C, ...] * [1, B, C, ...] -> k stacked copies of the batch, candidate-major
-                gated = (alpha.view(len(chunk), 1, n_out, *([1] * (act.dim() - 2))) * act.unsqueeze(0)).flatten(0, 1)
-                outs = runner.suffix(env, gate, dependents, gated, len(chunk), wanted)
-                losses.append(_candidate_losses(outs, ref_out, y, len(chunk), cfg.local_imitation))
+                outs = runner.suffix(env, gates, dependents, alpha, wanted)
+                losses.append(candidate_losses(outs, ref_out, y, len(chunk), cfg.local_imitation))
             losses = torch.cat(losses)
             best = int(losses.argmin())
             selected.append(int(cands[best]))
             res.picks.append(int(cands[best]))
             res.losses.append(float(losses[best]))
             if cfg.tolerance is not None:
-                alpha = torch.zeros(n_out, dtype=act.dtype, device=act.device)
+                alpha = torch.zeros(n_out, dtype=x.dtype, device=x.device)
                 alpha[torch.as_tensor(selected)] = n_live / len(selected)
-                res.acc = _accuracy(runner, hx, hy, gate, alpha, device)
+                res.acc = _accuracy(runner, hx, hy, gates, alpha, device)
                 if res.acc >= (1 - cfg.tolerance) * acc0:
                     res.stop = "tolerance"
                     break
@@ -341,79 +349,29 @@ def _greedy_select(model: nn.Module, masks: MaskSet, data, cfg: GreedyConfig, de
             res.stop = "budget" if budget is not None and limit < n_live else "all"
         keep = torch.zeros(n_out, dtype=torch.bool)
         keep[torch.as_tensor(selected)] = True
-        _finalize_layer(model, masks, chain, raw_chains, keep, n_live / len(selected))
+        _finalize_group(model, masks, group, raw_chains, keep, n_live / len(selected))
         if cfg.finetune_steps:
             _finetune(model, masks, batches, cfg.finetune_steps, cfg.finetune_lr)
         res.kept, res.time_s = len(selected), time.perf_counter() - t0
-        results.append(res)
-        log(f"  greedy {layer}: kept {res.kept}/{n_live} ({res.stop}) in {res.time_s:.1f}s")
-    return results
+        out.append(res)
+        log(f"  greedy {group.name}: kept {res.kept}/{n_live} ({res.stop}) in {res.time_s:.1f}s")
+    out.samples_read = int(used.sum())
+    return out
 
 
-def _linear_consumers(consumers: list[fx.Node], gate: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """True when every consumer reads the gated value directly and is a plain conv2d / linear."""
-    def ok(n):
-        m = modules[n.target]
-        return n.args[0] is gate and (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))
-    return bool(consumers) and all(ok(n) for n in consumers)
-
-
-def _local_losses_linear(act: Tensor, consumers: list[fx.Node], modules: dict[str, nn.Module], ref: list[Tensor],
-                         selected: list[int], cands: Tensor, scale: float) -> Tensor:
-    """Local-imitation losses of all candidates from per-input-channel contributions.
-
-    A conv/linear consumer is linear in its input, so with gate alpha its output is
-    sum_i alpha_i P_i + b, where P_i = the consumer applied to input channel i alone. Each
-    candidate's output is then scale * (sum_{S} P + P_j) + b: one grouped conv per step
-    instead of one consumer pass per candidate (same values up to float rounding).
-    """
-    total = torch.zeros(len(cands))
-    for node, r in zip(consumers, ref):
-        m = modules[node.target]
-        n_in = act.shape[1]
-        if isinstance(m, nn.Conv2d):
-            w = m.weight.transpose(0, 1).reshape(n_in * m.out_channels, 1, *m.weight.shape[2:])
-            p = nn.functional.conv2d(act, w, None, m.stride, m.padding, m.dilation, groups=n_in)
-            p = p.view(act.shape[0], n_in, m.out_channels, *p.shape[2:])  # [B, N, Cout, H, W]
-        else:
-            p = act.unsqueeze(2) * m.weight.t().unsqueeze(0)  # [B, N, Cout]
-        base = p[:, selected].sum(1) if selected else torch.zeros_like(p[:, 0])
-        bias = m.bias.view(1, -1, *([1] * (p.dim() - 3))) if m.bias is not None else 0
-        for k, j in enumerate(cands.tolist()):
-            out = scale * (base + p[:, j]) + bias
-            total[k] += float((out - r).pow(2).mean())
-    return total
-
-
-def _reference_outputs(original: GraphRunner, x: Tensor, gate_name: str, names: list[str]) -> list[Tensor]:
-    """Outputs of the named consumer nodes in the ORIGINAL network (local imitation targets)."""
-    nodes = {n.name: n for n in original.nodes}
-    gate = nodes[gate_name]
-    deps = descendants(gate)
-    env = original.prefix(x, deps)
-    return original.suffix(env, gate, deps, env[gate], 1, [nodes[n] for n in names])
-
-
-def _candidate_losses(outs: list[Tensor], ref: list[Tensor] | None, y: Tensor, k: int, local: bool) -> Tensor:
-    """Loss of each of `k` stacked candidate networks: cross-entropy, or MSE to the original outputs."""
-    if local:
-        total = 0
-        for o, r in zip(outs, ref):
-            total = total + (o.view(k, *r.shape) - r.unsqueeze(0)).pow(2).flatten(1).mean(1)
-        return total.cpu()
-    logits = outs[0].view(k, len(y), -1)
-    ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-    return ce.view(k, len(y)).mean(1).cpu()
-
-
-def _finalize_layer(model: nn.Module, masks: MaskSet, chain: ChannelChain, raw_chains: dict[str, ChannelChain],
+def _finalize_group(model: nn.Module, masks: MaskSet, group: Group, raw_chains: dict[str, ChannelChain],
                     keep: Tensor, scale: float) -> None:
-    """Mask the unselected channels in every layer of the group, silence them, fold the gate N/|S|."""
+    """Mask the unselected channels in every layer of the group, silence them, fold the gate N/|S|.
+
+    A stream group's gate is folded at every writer (the same scale everywhere keeps the
+    residual sum consistent); a free group's at the end of its (depthwise-merged) chain.
+    """
     new = {}
-    for layer in (chain.layer, *chain.through):
+    for layer in group.layers:
         mask = masks.masks[f"{layer}.weight"].clone()
         mask[~keep.to(mask.device)] = 0
         new[f"{layer}.weight"] = mask
     masks.set(new)
     silence_dead_channels(model, new, raw_chains)
-    _fold_gate(model, chain, keep, scale)
+    for chain in group.chains:
+        _fold_gate(model, chain, keep, scale)

@@ -48,7 +48,7 @@ def local_losses_chunked(act: Tensor, consumers: list[fx.Node], modules: dict[st
                          max_elements: int = MAX_ELEMENTS) -> Tensor:
     """Per-candidate local-imitation loss: sum over consumers of mean (scale * (sum_S P + P_j) + b - ref)^2.
 
-    Same contract as greedy's all-channels version (`greedy._local_losses_linear`): consumers
+    Same contract as greedy's all-channels version (`losses.local_losses_linear`): consumers
     are plain convs/linears reading the gated activation `act` directly.
     """
     total = torch.zeros(len(cands))

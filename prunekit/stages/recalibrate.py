@@ -70,6 +70,7 @@ def run_recalibrate(ctx: RunContext, stage: PlannedStage, resume: dict | None) -
     t0 = time.perf_counter()
     layers = recalibrate_batchnorm(ctx.model, d.train_x[idx], cfg.batch_size, ctx.device)
     elapsed = time.perf_counter() - t0
+    ctx.timings["recalibrate_samples_read"] = ctx.timings.get("recalibrate_samples_read", 0) + n
     after = evaluate(ctx.model, d.test_x, d.test_y, rc.data.eval_batch_size, ctx.device)
     ctx.history.append({"stage": stage.index, "kind": "recalibrate", "round": stage.round, "images": n,
                         "bn_layers": layers, "acc_before": before["acc"], "acc_after": after["acc"],
