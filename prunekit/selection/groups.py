@@ -167,13 +167,7 @@ def uniform_counts(model: nn.Module, input_shape: tuple[int, ...], groups: list[
                 for g in groups}
 
     goal = fraction * dense
-    lo, hi = 0.0, 1.0
-    if macs(counts(hi)) <= goal:
-        return counts(hi)
-    for _ in range(14):  # 2^-14 < 1e-4
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if macs(counts(mid)) <= goal else (lo, mid)
-    return counts(lo)
+    return largest_ratio(counts, macs, goal)
 
 
 # -- which layers, and how many channels each ------------------------------------------------
@@ -224,6 +218,11 @@ def budget_counts(model: nn.Module, input_shape: tuple[int, ...], targets: list[
         return total
 
     goal = fraction * flops["dense_macs"]
+    return largest_ratio(counts, macs, goal)
+
+
+def largest_ratio(counts, macs, goal: float) -> dict[str, int]:
+    """counts(r) for the largest keep ratio r on a 1e-4 grid with macs(counts(r)) <= goal (bisection)."""
     lo, hi = 0.0, 1.0
     if macs(counts(hi)) <= goal:
         return counts(hi)
