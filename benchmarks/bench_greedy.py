@@ -83,31 +83,10 @@ def phase_base(args: list[str]) -> None:
     if BASE.exists():
         print(f"{BASE} exists", flush=True)
         return
+    from pat_base_train import train_base  # the base trainer lives beside this script
+
     torch.set_num_threads(THREADS)
-    part = BASE.with_suffix(".partial.pt")
-    torch.manual_seed(0)
-    data = load_dataset("fashion-mnist")
-    model = create_model("resnet20", 1, 10, (28, 28))
-    cfg = TrainConfig(epochs=epochs, lr=0.1, schedule="cosine", weight_decay=5e-4)
-    loop = TrainLoop(model, None, cfg, -(-len(data.train_x) // 128))
-    start = 0
-    if part.exists():
-        state = torch.load(part, weights_only=True)
-        model.load_state_dict(state["model"])
-        loop.load_state_dict(state["loop"])
-        start = state["epoch"]
-    test, t0 = None, time.perf_counter()
-    for epoch in range(start, epochs):
-        stats = loop.train_epoch(data.train_x, data.train_y, 128, epoch_generator(0, 0, epoch), progress=False)
-        test = evaluate(model, data.test_x, data.test_y)
-        print(f"epoch {epoch + 1}/{epochs} loss {stats['train_loss']:.4f} test acc {test['acc']:.4f} "
-              f"({stats['epoch_time_s']:.0f}s, load {load_avg():.1f})", flush=True)
-        torch.save({"model": model.state_dict(), "loop": loop.state_dict(), "epoch": epoch + 1}, part)
-    if test is None:
-        test = evaluate(model, data.test_x, data.test_y)
-    torch.save({"model": model.state_dict(), "test_acc": test["acc"], "epochs": epochs,
-                "train_s": time.perf_counter() - t0}, BASE)
-    print("saved", BASE, flush=True)
+    train_base("resnet20", epochs, BASE)
 
 
 # -- shared ---------------------------------------------------------------------------------

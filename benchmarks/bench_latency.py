@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from prunekit.deploy import export_onnx, fuse_for_inference
+from prunekit.deploy_latency import median_ms
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops
 from prunekit.models import create_model
@@ -82,22 +81,12 @@ def onnx_runner(model: nn.Module, threads: int, tmp: Path, tag: str) -> Callable
     return lambda x: session.run(None, {"input": x.numpy()})
 
 
-def median_ms(run: Callable, x: torch.Tensor, repeats: int) -> float:
-    run(x)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
 def pair_latency(a: Callable, b: Callable, x: torch.Tensor, rounds: int, repeats: int) -> tuple[float, float]:
     """Lowest round median of a and of b, rounds alternating a, b, a, b, ..."""
     ta, tb = [], []
     for _ in range(rounds):
-        ta.append(median_ms(a, x, repeats))
-        tb.append(median_ms(b, x, repeats))
+        ta.append(median_ms(a, x, repeats, warmup=1))
+        tb.append(median_ms(b, x, repeats, warmup=1))
     return min(ta), min(tb)
 
 

@@ -101,7 +101,10 @@ def build_runners(small: nn.Module, fused: nn.Module, runtimes: Sequence[str], t
     return runners
 
 
-def _median_ms(run: Callable, x: Tensor, repeats: int) -> float:
+def median_ms(run: Callable, x: Tensor, repeats: int, warmup: int = 0) -> float:
+    """Median wall milliseconds of `repeats` calls of run(x), after `warmup` untimed calls."""
+    for _ in range(warmup):
+        run(x)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -127,7 +130,7 @@ def time_runners(runners: dict[str, Callable[[Tensor], object]], input_shape: Se
             per = {name: [] for name in runners}
             for _ in range(rounds):
                 for name, run in runners.items():
-                    per[name].append(_median_ms(run, x, repeats))
+                    per[name].append(median_ms(run, x, repeats))
             for name in runners:
                 latency[name][str(bs)] = min(per[name])
                 medians[name][str(bs)] = per[name]
