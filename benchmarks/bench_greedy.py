@@ -2,10 +2,11 @@
 
     python benchmarks/bench_greedy.py base [EPOCHS]   # train + cache the dense ResNet-20 (full Fashion-MNIST)
     python benchmarks/bench_greedy.py run [SEEDS]     # every (method, MACs reduction, seed) cell; resumable
-    python benchmarks/bench_greedy.py profile         # where greedy selection time goes (cProfile, 1 thread)
+    python benchmarks/bench_greedy.py time 50 64 1    # selection time alone, loss-based, 2x (candidates, minibatch, threads)
     python benchmarks/bench_greedy.py report          # write benchmarks/results/greedy.md from what finished
 
-Every cell's figures are written to benchmarks/results/cache/greedy.json as soon as it finishes;
+Every cell's figures are written to benchmarks/results/cache/greedy_<2x|3x>.json as soon as it finishes
+(the first seed's loss-based greedy at 2x runs under cProfile: where selection time goes);
 a rerun skips finished cells, so an interrupted run loses at most one cell.
 """
 
@@ -308,12 +309,33 @@ def phase_run(args: list[str]) -> None:
                                              if k not in ("profile", "widths", "group_time_s")}), flush=True)
 
 
+def phase_time(args: list[str]) -> None:
+    """time [CANDIDATES BATCH THREADS]: loss-based greedy selection alone at 2x (default the papers' 50 x 64, 1 thread)."""
+    cand, batch, threads = (int(v) for v in (args + ["50", "64", "1"][len(args):])[:3])
+    torch.set_num_threads(threads)
+    base, _ = base_model()
+    data = load_dataset("fashion-mnist")
+    masks = MaskSet.from_model(base, types=["conv"])
+    cfg = GreedyConfig(target_macs_fraction=FRACTIONS["2x"], seed=0, candidates=cand, batch_size=batch)
+    load0, t0 = load_avg(), time.perf_counter()
+    layers = greedy_select(base, masks, data, cfg)
+    row = {"candidates": cand, "batch_size": batch, "threads": threads, "select_s": time.perf_counter() - t0,
+           "load": [load0, load_avg()], "samples_read": layers.samples_read}
+    path = CACHE / "greedy_time.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows[f"{cand}x{batch}@{threads}"] = row
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    tmp.replace(path)
+    print(json.dumps(row), flush=True)
+
+
 def phase_report(args: list[str]) -> None:
     from bench_greedy_report import write_report  # the table writer lives beside this script
     write_report()
 
 
-PHASES = {"base": phase_base, "run": phase_run, "report": phase_report}
+PHASES = {"base": phase_base, "run": phase_run, "time": phase_time, "report": phase_report}
 
 if __name__ == "__main__":
     phase = sys.argv[1] if len(sys.argv) > 1 else "report"

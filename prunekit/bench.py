@@ -86,7 +86,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         ("benchmarks/pat_base_train.py", "resnet20", "2"), ("speed",), ("greedy-time",), ("quality",), ("report",))),
     # Greedy selection vs Torch-Pruning at equal MACs: cached trained ResNet-20, resumable cells; full data only.
     "greedy": Benchmark("benchmarks/bench_greedy.py", None, (
-        ("base", "2"), ("run", "0", "2x"), ("run", "0", "3x"), ("report",))),
+        ("base", "2"), ("run", "0,1,2", "2x"), ("run", "0,1,2", "3x"), ("time", "50", "64", "2"), ("report",))),
     # Campfire runs in resumable parts, report last; quick = LeNet-5 for 1 epoch on the embedded data.
     "campfire": Benchmark("benchmarks/bench_campfire.py", (
         ("--part", "lenet5", "--epochs", "1", "--dataset", "embedded"), ("--part", "report", "--dataset", "embedded")), (
