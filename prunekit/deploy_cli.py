@@ -97,29 +97,19 @@ def _require_onnx() -> dict[str, str]:
 
 def save_fused(fused: nn.Module, path: Path, run) -> None:
     """The fused model's state plus how to rebuild its architecture (plain data, see `load_fused`)."""
-    from prunekit.checkpoint import atomic_write_bytes
+    from prunekit.surgery import save_model_file
 
-    blob = {"format": FUSED_FORMAT, "model_name": run.model_name, "in_channels": run.in_channels,
-            "num_classes": run.num_classes, "image_size": list(run.image_size), "options": dict(run.options),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in fused.state_dict().items()}}
-    atomic_write_bytes(path, lambda f: torch.save(blob, f))
+    save_model_file(fused, path, FUSED_FORMAT, run.model_name, run.in_channels, run.num_classes,
+                    tuple(run.image_size), run.options)
 
 
 def load_fused(path: str | Path) -> nn.Module:
     """Load `model_fused.pt` (weights_only=True): the Conv-BN-folded, channels-last model, in eval mode."""
     from prunekit.deploy import fuse_for_inference
-    from prunekit.models import create_model
-    from prunekit.surgery import fit_to_state_dict
+    from prunekit.surgery import fit_to_state_dict, read_model_file
 
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"'{path}' cannot be read as a fused model ({type(e).__name__}: {e}).") from None
-    if not isinstance(blob, dict) or blob.get("format") != FUSED_FORMAT:
-        raise CheckpointError(f"'{path}' is not a prunekit fused model (expected format '{FUSED_FORMAT}').")
-    base = create_model(blob["model_name"], blob["in_channels"], blob["num_classes"], tuple(blob["image_size"]),
-                        **blob["options"])
-    fused = fit_to_state_dict(fuse_for_inference(base, channels_last=False), blob["state_dict"])
+    base, state = read_model_file(path, FUSED_FORMAT, "fused model")
+    fused = fit_to_state_dict(fuse_for_inference(base, channels_last=False), state)
     return fused.to(memory_format=torch.channels_last).eval()
 
 

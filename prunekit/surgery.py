@@ -343,29 +343,41 @@ def fit_to_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Modul
 SHRUNK_FORMAT = "prunekit-shrunk-v1"
 
 
-def save_shrunk(model: nn.Module, path: str | Path, model_name: str, in_channels: int, num_classes: int,
-                image_size: tuple[int, int], options: Mapping | None = None) -> None:
-    """Save a shrunken model as plain data: its state_dict plus how to build the base architecture."""
+def save_model_file(model: nn.Module, path: str | Path, fmt: str, model_name: str, in_channels: int,
+                    num_classes: int, image_size: tuple[int, int], options: Mapping | None = None) -> None:
+    """Save `model`'s state_dict as plain data tagged `fmt`, with what rebuilds its base architecture (atomic)."""
     from prunekit.checkpoint import atomic_write_bytes
-    blob = {"format": SHRUNK_FORMAT, "model_name": model_name, "in_channels": in_channels,
+    blob = {"format": fmt, "model_name": model_name, "in_channels": in_channels,
             "num_classes": num_classes, "image_size": list(image_size), "options": dict(options or {}),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}}
     atomic_write_bytes(path, lambda f: torch.save(blob, f))
 
 
-def load_shrunk(path: str | Path) -> nn.Module:
-    """Load a model saved by `save_shrunk` (weights_only=True: the file is data, never code)."""
+def read_model_file(path: str | Path, fmt: str, what: str) -> tuple[nn.Module, dict]:
+    """Read a file of `save_model_file` (weights_only=True: data, never code): (base architecture, its state_dict)."""
     from prunekit.models import create_model
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"'{path}' cannot be read as a shrunken model ({type(e).__name__}: {e}).") from None
-    if not isinstance(blob, dict) or blob.get("format") != SHRUNK_FORMAT:
-        raise CheckpointError(f"'{path}' is not a prunekit shrunken model (expected format '{SHRUNK_FORMAT}').")
+        raise CheckpointError(f"'{path}' cannot be read as a {what} ({type(e).__name__}: {e}).") from None
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise CheckpointError(f"'{path}' is not a prunekit {what} (expected format '{fmt}').")
     if ":" in blob["model_name"]:  # a user factory: a data file must not make prunekit import code
-        raise CheckpointError(f"'{path}' was shrunk from the model of factory '{blob['model_name']}'; build that "
+        raise CheckpointError(f"'{path}' holds the model of factory '{blob['model_name']}'; build that "
                               "model yourself and call prunekit.surgery.fit_to_state_dict(model, "
                               "torch.load(path, weights_only=True)['state_dict']).")
     model = create_model(blob["model_name"], blob["in_channels"], blob["num_classes"], tuple(blob["image_size"]),
                          **blob["options"])
-    return fit_to_state_dict(model, blob["state_dict"])
+    return model, blob["state_dict"]
+
+
+def save_shrunk(model: nn.Module, path: str | Path, model_name: str, in_channels: int, num_classes: int,
+                image_size: tuple[int, int], options: Mapping | None = None) -> None:
+    """Save a shrunken model as plain data: its state_dict plus how to build the base architecture."""
+    save_model_file(model, path, SHRUNK_FORMAT, model_name, in_channels, num_classes, image_size, options)
+
+
+def load_shrunk(path: str | Path) -> nn.Module:
+    """Load a model saved by `save_shrunk` (weights_only=True: the file is data, never code)."""
+    model, state = read_model_file(path, SHRUNK_FORMAT, "shrunken model")
+    return fit_to_state_dict(model, state)

@@ -204,3 +204,15 @@ def test_dry_run_says_what_it_would_do(runs, capsys):
     assert _deploy(runs["shrunk"], "--dry-run", "--channel-multiple", "16") == 0
     out = capsys.readouterr().out
     assert "already shrunk" in out and "channel multiple 16" in out and "1 thread(s)" in out
+
+
+def test_fused_file_naming_a_factory_is_refused_without_importing(tmp_path):
+    """A fused file is data: a factory name inside it is refused, never imported."""
+    from prunekit.deploy_cli import FUSED_FORMAT
+    from prunekit.errors import CheckpointError
+
+    path = tmp_path / "model_fused.pt"
+    torch.save({"format": FUSED_FORMAT, "model_name": "os:system", "in_channels": 1, "num_classes": 10,
+                "image_size": [28, 28], "options": {}, "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="factory 'os:system'"):
+        load_fused(path)
