@@ -12,7 +12,7 @@ exactly as MACs do. Dense and shrunk alternate round by round and each figure is
 round median, so load drift on a shared machine hits both alike.
 
     python benchmarks/bench_latency.py [--models resnet20,resnet56] [--batches 1,8,64] [--threads 1]
-                                       [--rounds 5] [--repeats 10] [--compile] [--out benchmarks/results/latency.md]
+                                       [--rounds 5] [--repeats 10] [--multiples 1,8] [--compile] [--out benchmarks/results/latency.md]
 """
 
 from __future__ import annotations
@@ -111,45 +111,51 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--multiple", type=int, default=1, help="round kept widths to this multiple")
+    ap.add_argument("--multiples", default="1", help="comma-separated: round kept widths to each multiple in turn "
+                    "(1 = no rounding; 8 or 16 match CPU vector widths)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "latency.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
+    multiples = [int(m) for m in args.multiples.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            dense, small, widths = half_macs_pair(name, args.multiple)
-            md, ms = count_flops(dense, SHAPE)["dense_macs"], count_flops(small, SHAPE)["dense_macs"]
-            for rt, (a, b) in runtimes(dense, small, args, Path(tmp)).items():
-                for bs in batches:
-                    x = torch.zeros(bs, *SHAPE)
-                    la, lb = pair_latency(a, b, x, args.rounds, args.repeats)
-                    row = {"model": name, "widths": widths, "macs": (md, ms), "runtime": rt, "batch": bs,
-                           "dense_ms": la, "small_ms": lb, "ratio": (la / lb) / (md / ms)}
-                    rows.append(row)
-                    print(f"{name} {rt} b{bs}: dense {la:.2f} ms, shrunk {lb:.2f} ms, "
-                          f"speed-up {la / lb:.2f}x for MACs / {md / ms:.2f} -> ratio {row['ratio']:.2f}", flush=True)
+            for multiple in multiples:
+                dense, small, widths = half_macs_pair(name, multiple)
+                md, ms = count_flops(dense, SHAPE)["dense_macs"], count_flops(small, SHAPE)["dense_macs"]
+                for rt, (a, b) in runtimes(dense, small, args, Path(tmp)).items():
+                    for bs in batches:
+                        x = torch.zeros(bs, *SHAPE)
+                        la, lb = pair_latency(a, b, x, args.rounds, args.repeats)
+                        row = {"model": name, "multiple": multiple, "widths": widths, "macs": (md, ms), "runtime": rt,
+                               "batch": bs, "dense_ms": la, "small_ms": lb, "ratio": (la / lb) / (md / ms)}
+                        rows.append(row)
+                        print(f"{name} x{multiple} {rt} b{bs}: dense {la:.2f} ms, shrunk {lb:.2f} ms, speed-up "
+                              f"{la / lb:.2f}x for MACs / {md / ms:.2f} -> ratio {row['ratio']:.2f}", flush=True)
     cmd = (f"python benchmarks/bench_latency.py --models {args.models} --batches {args.batches} --threads {args.threads} "
-           f"--rounds {args.rounds} --repeats {args.repeats} --multiple {args.multiple}"
+           f"--rounds {args.rounds} --repeats {args.repeats} --multiples {args.multiples}"
            + (" --compile" if args.compile else ""))
     lines = ["## Latency of shrunk models vs their MACs", "",
              f"Command: `{cmd}`. Machine: {platform.machine()}, CPU, {args.threads} thread(s), torch {torch.__version__}. "
              f"Randomly initialised models on {SHAPE} inputs; the shrunk copy keeps the same fraction of every free "
-             "inner layer's channels for half the MACs. Lowest of alternating round medians.", "",
-             "| model | kept inner widths | MACs dense -> shrunk | runtime | batch | dense ms | shrunk ms | speed-up | ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "inner layer's channels for half the MACs (`multiple` N: each kept width rounded up to a multiple "
+             "of N; rounding can leave more than half the MACs, and the ratio uses the shrunk model's actual MACs). "
+             "Lowest of alternating round medians.", "",
+             "| model | multiple | kept inner widths | MACs dense -> shrunk | runtime | batch | dense ms | shrunk ms | "
+             "speed-up | ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md, ms = r["macs"]
-        lines.append(f"| {r['model']} | {r['widths']} | {md / 1e6:.1f}M -> {ms / 1e6:.1f}M | {r['runtime']} | {r['batch']} | "
+        lines.append(f"| {r['model']} | {r['multiple']} | {r['widths']} | {md / 1e6:.1f}M -> {ms / 1e6:.1f}M | {r['runtime']} | {r['batch']} | "
                      f"{r['dense_ms']:.2f} | {r['small_ms']:.2f} | {r['dense_ms'] / r['small_ms']:.2f}× | {r['ratio']:.2f} |")
     big = [r for r in rows if r["batch"] == max(batches)]
-    met = [f"{r['model']} {r['runtime']}" for r in big if r["ratio"] >= 0.9]
+    met = [f"{r['model']} x{r['multiple']} {r['runtime']}" for r in big if r["ratio"] >= 0.9]
     best = max(big, key=lambda r: r["ratio"])
     lines += ["", "ratio = latency speed-up / MACs reduction (1.0 is the physical limit). "
               f"Goal ratio ≥ 0.9 at batch {max(batches)}: met for {', '.join(met) or 'none'} "
-              f"(best {best['ratio']:.2f}, {best['model']} {best['runtime']}).", ""]
+              f"(best {best['ratio']:.2f}, {best['model']} x{best['multiple']} {best['runtime']}).", ""]
     text = "\n".join(lines)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

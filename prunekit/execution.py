@@ -17,6 +17,12 @@ Defaults, from measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
   not the default. Under DDP, auto stays off as well (see `use_channels_last`).
 - torch.compile is on by default only on CUDA: on CPU it speeds a ResNet-20 step up (1.41x) but
   costs ~20 s of compilation, more than a short run saves.
+- bfloat16 autocast (`train.amp`) is opt-in: `auto` turns it on where the device computes bf16
+  natively (CUDA with bf16 support; a CPU whose oneDNN has bf16 kernels, i.e. AVX512-BF16 or AMX).
+  On this 2-core AVX512-BF16 CPU it is the largest single gain (channels-last + bf16 ResNet-20
+  step about 2x the plain fp32 loop, BENCHMARKS.md), but it changes the numerics, so a run's
+  figures would depend on which CPU ran it; fp32 stays the default for reproducible results.
+  Weights, optimizer state and masks stay fp32, so pruned weights remain exactly zero.
 """
 
 from __future__ import annotations
@@ -54,6 +60,23 @@ def use_compile(setting: Toggle, device: torch.device | str) -> bool:
     """Resolve `train.compile`: auto means on for CUDA devices only (see the module docstring)."""
     if setting == "auto":
         return torch.device(device).type == "cuda"
+    return bool(setting)
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """True when `device` computes bfloat16 in hardware (so autocast speeds training up)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def use_amp(setting: Toggle, device: torch.device | str) -> bool:
+    """Resolve `train.amp`: auto means bf16 autocast where the device has native bf16."""
+    if setting == "auto":
+        return native_bf16(device)
     return bool(setting)
 
 
@@ -95,8 +118,9 @@ class Forward:
     the run: the first failing call logs one message and every call from then on runs eagerly.
     """
 
-    def __init__(self, net: nn.Module, channels_last: bool, compile: bool, log: Callable[[str], None] = print):
-        self.net, self.channels_last, self.log = net, channels_last, log
+    def __init__(self, net: nn.Module, channels_last: bool, compile: bool, log: Callable[[str], None] = print,
+                 bf16: bool = False):
+        self.net, self.channels_last, self.log, self.bf16 = net, channels_last, log, bf16
         self.compiled: Callable[[Tensor], Tensor] | None = None
         if compile:
             try:
@@ -116,6 +140,8 @@ class Forward:
         parts = ["channels-last" if self.channels_last else "nchw"]
         if self.compiled is not None:
             parts.append("compile")
+        if self.bf16:
+            parts.append("bf16")
         return "+".join(parts)
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -135,6 +135,7 @@ def run_train(ctx: RunContext, stage: PlannedStage, resume: dict | None) -> None
     env = SparsifyEnv(ctx.model, ctx.masks, data, ctx.device, derive_seed(rc.seed, stage.index, 3), steps, steps * cfg.epochs)
     loop = TrainLoop(ctx.model, ctx.masks, cfg, steps, ctx.device,
                      hooks=build_sparsify_hooks(cfg.sparsify, env, cfg.epochs), log=ctx.log)
+    ctx.log(f"  {stage.label}: execution {loop.net.mode}")
     start_epoch, start_step, partial = 0, 0, None
     if resume is not None:
         loop.load_state_dict(resume["loop"])

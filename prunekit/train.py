@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from prunekit.data.augment import AugmentConfig, augment_batch
 from prunekit.distributed import all_reduce_sum, info, shard, wrap_model
 from prunekit.errors import TrainingDiverged
-from prunekit.execution import Forward, training_layout, use_channels_last, use_compile
+from prunekit.execution import Forward, training_layout, use_amp, use_channels_last, use_compile
 from prunekit.masks import MaskSet
 from prunekit.recipe import TrainConfig
 from prunekit.registry import Registry
@@ -192,8 +192,9 @@ class TrainLoop:
         # The model's own layout is switched around each epoch (train_epoch), so scoring, surgery and
         # checkpoints outside training always see the ordinary NCHW layout.
         self.channels_last = use_channels_last(cfg.channels_last, model)
+        self.amp = use_amp(cfg.amp, device)
         self.net = Forward(wrap_model(model, torch.device(device)), self.channels_last,
-                           use_compile(cfg.compile, device), log)
+                           use_compile(cfg.compile, device), log, bf16=self.amp)
         self.steps_per_epoch = steps_per_epoch
         self.optimizer = OPTIMIZERS.create(cfg.optimizer, model.parameters(), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -228,7 +229,7 @@ class TrainLoop:
             sums += partial.to(self.device)
         # NHWC only while stepping: hooks see it too, everything after the epoch sees NCHW
         with training_layout(self.model, self.masks, self.channels_last):
-            amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.cfg.amp)
+            amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.amp)
             steps = source.steps()
             bar = tqdm(total=steps, initial=start_step, desc=desc, leave=False, unit="step", mininterval=1.0,
                        disable=not progress or not info().is_main)

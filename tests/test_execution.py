@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from prunekit.data import load_dataset
-from prunekit.execution import Forward, has_conv2d, to_memory_format, training_layout, use_channels_last, use_compile
+from prunekit.execution import (Forward, has_conv2d, native_bf16, to_memory_format, training_layout, use_amp,
+                                use_channels_last, use_compile)
 from prunekit.masks import MaskSet
 from prunekit.models import create_model
 from prunekit.pipeline import run_pipeline
@@ -39,6 +40,16 @@ def test_auto_settings_follow_the_model_and_device():
     assert use_channels_last(False, create_model("lenet5")) is False
     assert use_compile("auto", "cpu") is False and use_compile("auto", "cuda") is True
     assert use_compile(True, "cpu") is True
+    assert TrainConfig().amp is False  # fp32 by default: figures must not depend on the CPU's instruction set
+    assert use_amp("auto", "cpu") is native_bf16("cpu")
+    assert use_amp(True, "cpu") is True and use_amp(False, "cpu") is False
+
+
+def test_native_bf16_on_cpu_follows_onednn(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert native_bf16("cpu") is False and use_amp("auto", "cpu") is False
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert native_bf16("cpu") is torch.backends.mkldnn.is_available()
 
 
 def test_layout_round_trip_keeps_values_and_parameter_identity():
@@ -68,6 +79,26 @@ def test_masked_training_keeps_pruned_weights_zero_in_either_layout(channels_las
     for name, m in masks.masks.items():
         assert torch.count_nonzero(masks.params[name][m == 0]) == 0, name
     assert masks.density() == pytest.approx(0.5, abs=0.1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_training_keeps_pruned_weights_zero_and_fp32_state(channels_last):
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
+    model = tiny_convnet()
+    masks = half_masks(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loop = TrainLoop(model, masks, TrainConfig(epochs=1, lr=0.1, amp=True, channels_last=channels_last), 4,
+                     log=lambda _: None)
+    assert loop.net.mode.endswith("+bf16")
+    stats = loop.train_epoch(x, y, 16, epoch_generator(0, 0, 0), progress=False)
+    assert stats["train_loss"] > 0
+    for name, m in masks.masks.items():
+        assert torch.count_nonzero(masks.params[name][m == 0]) == 0, name
+        assert torch.count_nonzero(masks.params[name][m == 1]) == int(m.sum()), name  # kept weights still train
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype, k  # master weights and BN statistics stay fp32
+    moments = [s["momentum_buffer"] for s in loop.optimizer.state.values()]
+    assert moments and all(b.dtype == torch.float32 for b in moments)
 
 
 def test_channels_last_training_matches_nchw_up_to_rounding():
