@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import tempfile
 from collections.abc import Callable
@@ -120,6 +121,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     multiples = [int(m) for m in args.multiples.split(",")]
     rows = []
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             for multiple in multiples:
@@ -156,7 +158,8 @@ def main() -> None:
     lines += ["", "ratio = latency speed-up / MACs reduction (1.0 is the physical limit). "
               f"Goal ratio ≥ 0.9 at batch {max(batches)}: met for {', '.join(met) or 'none'} "
               f"(best {best['ratio']:.2f}, {best['model']} x{best['multiple']} {best['runtime']}).", ""]
-    text = "\n".join(lines)
+    lines.append(f"1-minute load average at start / end: {load[0]:.2f} / {os.getloadavg()[0]:.2f}.")
+    text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -21,6 +21,7 @@ all alike; the table gives the median seconds per step and ratios computed insid
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -176,8 +177,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset(args.dataset)
+    load = [os.getloadavg()[0]]
     rows = [bench_model(n, data, args.steps, args.repeats, args.compile) for n in args.models.split(",")]
-    text = markdown(rows, args, args.threads)
+    load.append(os.getloadavg()[0])
+    text = markdown(rows, args, args.threads) + f"1-minute load average at start / end: {load[0]:.2f} / {load[1]:.2f}.\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

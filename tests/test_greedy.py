@@ -97,6 +97,22 @@ def test_budget_stop_gives_requested_counts_and_macs(trained):
     assert count_flops(small, shape)["dense_macs"] <= 0.4 * count_flops(model, shape)["dense_macs"]
 
 
+def test_channel_multiple_gives_widths_in_whole_multiples(trained):
+    from prunekit.stages.greedy import GreedyStageConfig
+
+    model, data = trained
+    m, masks = _copy(model, [n for n, _ in model.named_parameters() if n.endswith("weight")])
+    stage = GreedyStageConfig(candidates=10, batch_size=32, target_macs_fraction=0.4, channel_multiple=4)
+    cfg = GreedyConfig(**stage.model_dump(), seed=0)
+    assert cfg.channel_multiple == 4  # the recipe key reaches the selection
+    res = greedy_select(m, masks, data, cfg)
+    assert all(r.kept % 4 == 0 or r.kept == r.channels for r in res), [(r.kept, r.channels) for r in res]
+    assert any(r.kept < r.channels for r in res)
+    chains = channel_chains(m)
+    shape = tuple(data.train_x.shape[1:])
+    assert {r.layer: r.kept for r in res} == budget_counts(m, shape, greedy_targets(m, masks, chains), chains, 0.4, 4)
+
+
 def test_tolerance_stop(trained):
     model, data = trained
     m, masks = _copy(model, ["4.weight"])

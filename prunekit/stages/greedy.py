@@ -36,6 +36,9 @@ class GreedyStageConfig(Section):
                                                  "ratio for every group, or by loss decrease per MAC (global)")
     streams: bool = Field(False, description="also select each residual stream (stem/shortcut + last conv of "
                           "every block + their BatchNorms, one gate at every writer)")
+    channel_multiple: int = Field(1, ge=1, description="with target_macs_fraction: kept widths are multiples of this "
+                                  "(16 = one AVX-512 vector of fp32; latency then follows MACs more closely); a group "
+                                  "narrower than the multiple stays whole, so the MACs can end above the target")
     curve_candidates: int = Field(10, ge=1, description="candidates per step of the global budget's loss curves")
 
 
