@@ -9,7 +9,7 @@ under every mode.
 
 Defaults, from measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
 - channels-last is opt-in (`train.channels_last: true`, or `auto` = on for conv nets in one
-  process). It makes a ResNet-20 step 1.29x faster than a plain eager loop on this 2-core CPU
+  process). It makes a ResNet-20 step 1.15-1.29x faster than a plain eager loop on this 2-core CPU
   (LeNet-5: no gain), but torch 2.13's CPU kernels crash with it: a plain PyTorch loop (no
   prunekit code) training a channels-last ResNet-20 at width 0.5 (8/16/32 channels) dies in
   backward (segmentation fault, abort, or "Inference tensors do not track version counter")
@@ -19,8 +19,9 @@ Defaults, from measurement (benchmarks/bench_speed.py, BENCHMARKS.md):
   costs ~20 s of compilation, more than a short run saves.
 - bfloat16 autocast (`train.amp`) is opt-in: `auto` turns it on where the device computes bf16
   natively (CUDA with bf16 support; a CPU whose oneDNN has bf16 kernels, i.e. AVX512-BF16 or AMX).
-  On this 2-core AVX512-BF16 CPU it is the largest single gain (channels-last + bf16 ResNet-20
-  step about 2x the plain fp32 loop, BENCHMARKS.md), but it changes the numerics, so a run's
+  On this 2-core AVX512-BF16 CPU it is the largest single gain (a channels-last + bf16 ResNet-20
+  step 1.69x faster than the plain fp32 loop, LeNet-5 1.26x; accuracy within the seed spread,
+  benchmarks/bench_precision.py), but it changes the numerics, so a run's
   figures would depend on which CPU ran it; fp32 stays the default for reproducible results.
   Weights, optimizer state and masks stay fp32, so pruned weights remain exactly zero.
 """
