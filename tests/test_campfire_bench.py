@@ -56,10 +56,12 @@ def test_claim_check_says_which_rows_are_within_one_point_of_dense():
                                         run("campfire-window", 0.9100, study="end30")])
     text = "\n".join(lines)
     assert "92.50%" in text and "above 92%" in text
-    assert "campfire-window at 70%: +0.90 points below dense: within 1% of dense (claim holds)" in text
-    assert "campfire-kernel at 70%: +1.10 points below dense: more than 1% below dense" in text
-    assert "mask frozen at 30% of training" in text
-    assert len(lines) == 5  # blank, dense, three 70% rows (the 90% row is not part of the claim)
+    assert "campfire-window at 70%: 0.90 points below dense: within 1% of dense (claim holds)" in text
+    assert "campfire-kernel at 70%: 1.10 points below dense: more than 1% below dense" in text
+    assert "mask frozen at 30% of training" in text and "its own row is the default" in text
+    assert len(lines) == 6  # blank, dense, three 70% rows (the 90% row is not part of the claim), studies note
+    above = "\n".join(bench_campfire.claim_lines([run("dense", 0.9250, 0.0), run("campfire-window", 0.9260)]))
+    assert "0.10 points above dense: within 1% of dense (claim holds)" in above
     assert "NOT above 92%" in "\n".join(bench_campfire.claim_lines([run("dense", 0.9150, 0.0)]))
 
 
