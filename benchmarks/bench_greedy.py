@@ -28,7 +28,6 @@ from prunekit.criteria import ScoringContext, create_criterion
 from prunekit.data import load_dataset
 from prunekit.masks import MaskSet
 from prunekit.measure import count_flops, count_params, measure_latency
-from prunekit.models import create_model
 from prunekit.recipe import TrainConfig
 from prunekit.selection.greedy import GreedyConfig, greedy_select, selection_groups
 from prunekit.selection.groups import uniform_counts
@@ -110,12 +109,9 @@ METHODS = ("greedy_loss", "greedy_global", "tp_l1", "tp_taylor", "tp_hessian", "
 
 
 def base_model():
-    if not BASE.exists():
-        sys.exit(f"{BASE} missing: run `python benchmarks/bench_greedy.py base` first.")
-    blob = torch.load(BASE, weights_only=True)
-    model = create_model("resnet20", 1, 10, (28, 28))
-    model.load_state_dict(blob["model"])
-    return model.eval(), blob
+    from pat_base_train import load_base
+
+    return load_base(BASE, "python benchmarks/bench_greedy.py base")
 
 
 def subset(data, n: int, seed: int):

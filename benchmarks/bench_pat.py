@@ -120,12 +120,9 @@ def base_model() -> tuple[nn.Module, dict]:
     path = CACHE / "resnet20_fmnist_base.pt"
     if not path.exists():  # an interrupted base run leaves its last finished epoch
         path = CACHE / "resnet20_fmnist_base.partial.pt"
-    if not path.exists():
-        sys.exit(f"{path} missing: run `python benchmarks/pat_base_train.py resnet20 2` first.")
-    blob = torch.load(path, weights_only=True)
-    model = create_model("resnet20", 1, 10, (28, 28))
-    model.load_state_dict(blob["model"])
-    return model.eval(), blob
+    from pat_base_train import load_base
+
+    return load_base(path, "python benchmarks/pat_base_train.py resnet20 2")
 
 
 #: greedy variants: (settings) -- global loss is ~20x dearer per step than local imitation

@@ -20,6 +20,16 @@ from prunekit.recipe import TrainConfig
 from prunekit.train import TrainLoop, epoch_generator, evaluate
 
 
+def load_base(path: Path, hint: str) -> tuple[torch.nn.Module, dict]:
+    """The cached trained ResNet-20 at `path` (eval mode) and its saved blob; exits with `hint` when missing."""
+    if not path.exists():
+        sys.exit(f"{path} missing: run `{hint}` first.")
+    blob = torch.load(path, weights_only=True)
+    model = create_model("resnet20", 1, 10, (28, 28))
+    model.load_state_dict(blob["model"])
+    return model.eval(), blob
+
+
 def train_base(name: str, epochs: int, out: Path) -> None:
     """Train `name` on full Fashion-MNIST for `epochs` epochs into `out`, resuming from `out`'s partial file."""
     out.parent.mkdir(parents=True, exist_ok=True)
